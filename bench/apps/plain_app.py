@@ -1,0 +1,16 @@
+"""Plain Celery, configured like taskpool's defaults: the baseline of bench/throughput.py.
+
+Settings: see ``bench/apps/plain_conf.py``; bench/throughput.py also passes the current DEFAULTS
+in ``BENCH_CELERY_CONF`` and checks both apps' settings before it runs.
+"""
+
+from __future__ import annotations
+
+from bench.apps.plain_conf import plain_celery
+
+app = plain_celery("bench_plain", "bench.plain")
+
+
+@app.task
+def noop() -> None:
+    return None

@@ -1,0 +1,1 @@
+"""Configuration of the taskpool stack: Celery (celery.py), Flower (flower.py), Redis (redis.conf)."""

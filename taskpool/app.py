@@ -1,0 +1,247 @@
+"""TaskPool: a Celery app whose tasks declare their pool, retries and (soon) limits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from .errors import ConfigurationError
+from .limits import gpu_count
+from .options import TaskOptions
+from .retry import Backoff, DeadLetterStore
+from .routing import Router, pool_of_worker, queues
+from .settings import DEFAULTS, TASKPOOL_SETTINGS, Settings, celery_env_overrides, load_config_module
+from .task import TaskpoolTask, make_run
+
+logger = logging.getLogger("taskpool")
+
+
+class TaskPool(Celery):
+    """A ``celery.Celery`` configured by taskpool.
+
+    Args:
+        main: the app's name, as for Celery.
+        config: dotted path of a config module, ``False`` for none; default
+            ``TASKPOOL_CONFIG`` or ``config.celery`` when importable.
+        settings: taskpool settings; default read from ``TASKPOOL_*`` variables.
+        environ: the environment to read (default ``os.environ``), for tests.
+        **kwargs: passed to ``celery.Celery``.
+    """
+
+    task_cls = TaskpoolTask
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        config: str | bool | None = None,
+        settings: Settings | None = None,
+        environ: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(main, **kwargs)
+        env = dict(os.environ if environ is None else environ)
+        module = None
+        if config is not False:
+            path = config if isinstance(config, str) else env.get("TASKPOOL_CONFIG", "config.celery")
+            module = load_config_module(path, required=isinstance(config, str) or "TASKPOOL_CONFIG" in env)
+        from_module = {
+            key: value
+            for key, value in (vars(module) if module is not None else {}).items()
+            if key.islower() and not key.startswith("_") and not isinstance(value, types.ModuleType)
+        }
+        self.settings = settings or Settings.from_env(env, base=from_module)
+        conf: dict[str, Any] = dict(DEFAULTS)
+        conf.update({k: v for k, v in from_module.items() if k not in TASKPOOL_SETTINGS})
+        conf.update(celery_env_overrides(env))
+        conf.setdefault("worker_autoscaler", "taskpool.autoscale:CallbackAutoscaler")
+        s = self.settings
+        transport = dict(conf.get("broker_transport_options") or {})
+        transport["visibility_timeout"] = s.visibility_timeout
+        conf.update(
+            broker_url=s.broker_url,
+            result_backend=s.result_backend or s.broker_url,
+            broker_transport_options=transport,
+            result_backend_transport_options={
+                **(conf.get("result_backend_transport_options") or {}),
+                "visibility_timeout": s.visibility_timeout,
+            },
+            task_queues=queues(s),
+            task_default_queue=s.queue_for(s.default_pool),
+            task_routes=(Router(self, s),),
+        )
+        _refuse_pickle(conf)
+        self.conf.update(conf)
+        #: The taskpool pool this process serves as a worker (None outside workers).
+        self.worker_pool: str | None = None
+        self._redis: tuple[int, redis.Redis] | None = None
+        from .admission import AdmissionStep
+
+        self.steps["consumer"].add(AdmissionStep)
+        from .metrics import MetricsStep
+        from .stats import StatsStep
+
+        self.steps["consumer"].add(StatsStep)  # `taskpool` in inspect stats (Flower's worker page)
+        self.steps["worker"].add(MetricsStep)  # /metrics when TASKPOOL_METRICS_PORT is set
+        signals.celeryd_init.connect(self._on_celeryd_init, weak=False)
+        signals.worker_init.connect(self._on_worker_init, weak=False)
+
+    # -- tasks -------------------------------------------------------------------------
+    def task(self, *args: Any, **opts: Any) -> Any:
+        """``@app.task`` with taskpool's options (see :mod:`taskpool.options`).
+
+        Raises:
+            ConfigurationError: at declaration, for an unknown option or a bad value.
+        """
+        if len(args) == 1 and callable(args[0]) and not opts:
+            return self.task()(args[0])
+        if args:
+            raise ConfigurationError(f"app.task takes keyword options only, got positional {args!r}")
+
+        if str(opts.get("name", "")).startswith("celery."):
+            return super().task(**opts)  # Celery's built-in tasks (chain, chord, ...) stay as they are
+
+        def decorate(fun: Callable[..., Any]) -> Any:
+            name = opts.get("name") or self.gen_task_name(fun.__name__, fun.__module__)
+            record, celery_opts = TaskOptions.from_decorator(
+                name,
+                opts,
+                default_pool=self.settings.default_pool,
+                visibility_timeout=self.settings.visibility_timeout,
+            )
+            bind = bool(celery_opts.pop("bind", False))
+            celery_opts.pop("name", None)
+            celery_opts.setdefault("base", self.Task)
+            if not issubclass(celery_opts["base"], TaskpoolTask):
+                raise ConfigurationError(
+                    f"task {name!r}: base={celery_opts['base']!r} must subclass taskpool.task.TaskpoolTask"
+                )
+            if record.has_limits:
+                if celery_opts.get("rate_limit"):
+                    raise ConfigurationError(
+                        f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} cannot be combined with "
+                        "max_in_flight, cluster_max_in_flight, limits or gpu_slots yet"
+                    )
+                # Requests of this task pass the admission gate in the worker's main process.
+                celery_opts["Strategy"] = "taskpool.admission:strategy"
+            return super(TaskPool, self).task(
+                bind=True,
+                name=name,
+                max_retries=record.retries,
+                taskpool=record,
+                backoff_policy=Backoff(record.backoff, record.backoff_max, record.jitter),
+                # Celery checks .delay() arguments against this; keep the user's signature.
+                __header__=self.type_checker(fun, bound=bind),
+                **celery_opts,
+            )(make_run(fun, record, bind))
+
+        return decorate
+
+    # -- taskpool's own Redis ----------------------------------------------------------
+    @property
+    def redis(self) -> redis.Redis:
+        """A client of taskpool's Redis, one per process (a forked child makes its own)."""
+        pid = os.getpid()
+        if self._redis is None or self._redis[0] != pid:
+            self._redis = (pid, redis.Redis.from_url(self.settings.redis_url))
+        return self._redis[1]
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        return DeadLetterStore(self.redis, self.settings.keyspace)
+
+    # -- worker ------------------------------------------------------------------------
+    def _on_celeryd_init(
+        self, sender: Any = None, instance: Any = None, options: Any = None, **_: Any
+    ) -> None:
+        # The command line's -Q is only visible here; worker_init comes after the queues are set.
+        if getattr(instance, "app", None) is self:
+            instance.taskpool_cli_queues = (options or {}).get("queues")
+
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not self:
+            return
+        pool = pool_of_worker(sender.pool_cls)
+        self.worker_pool = pool
+        selected = self.amqp.queues
+        if not getattr(sender, "taskpool_cli_queues", None):  # no -Q: serve this pool's queue only
+            wanted = [self.settings.queue_for(pool)]
+            if self._serves_gpu_tasks(pool):
+                wanted.append(self.settings.queue_for(pool, gpu=True))
+            selected.select(wanted)
+        signals.worker_ready.connect(self._on_worker_ready, weak=False)
+        from .autoscale import configure_worker  # worker-only machinery: not imported by clients
+
+        configure_worker(self, sender)
+        self._size_broker_connection_pool(sender, pool)
+
+    def _size_broker_connection_pool(self, worker: Any, pool: str) -> None:
+        """Give threads and gevent workers a broker connection per slot.
+
+        With late acks every thread or greenlet acks on a connection of its own, and kombu's
+        Redis transport allows 10 by default: past that, acks fail with MaxConnectionsError and
+        the unacked messages wait for the visibility timeout (celery/celery#1350).
+        """
+        if pool not in ("threads", "gevent"):
+            return
+        options = dict(self.conf.broker_transport_options or {})
+        if "max_connections" in options:
+            return  # the user's choice
+        autoscale = worker.options.get("autoscale") or [0]
+        concurrency = worker.concurrency if isinstance(worker.concurrency, int) else 0
+        options["max_connections"] = max(concurrency, int(autoscale[0] or 0)) + 16
+        self.conf.broker_transport_options = options
+
+    def _serves_gpu_tasks(self, pool: str) -> bool:
+        """Whether this worker takes ``pool``'s GPU tasks: only where the host has GPU slots."""
+        wants_gpu = any(
+            getattr(t, "taskpool", None) is not None and t.taskpool.pool == pool and t.taskpool.gpu_slots
+            for t in self.tasks.values()
+        )
+        return wants_gpu and gpu_count() > 0
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not self:
+            return
+        pool = self.worker_pool
+        names = sorted(
+            n for n, t in self.tasks.items() if getattr(t, "taskpool", None) and t.taskpool.pool == pool
+        )
+        logger.info(
+            "taskpool: %s worker consuming %s; tasks: %s",
+            pool,
+            ", ".join(sorted(self.amqp.queues.consume_from or ())),
+            ", ".join(names) or "(none declared for this pool)",
+        )
+
+    # -- autoscaling --
+    @property
+    def concurrency_modifiers(self) -> dict[str, Callable[..., Any]]:
+        """pool -> the concurrency modifier registered with :meth:`concurrency_modifier`."""
+        return self.__dict__.setdefault("_taskpool_concurrency_modifiers", {})
+
+    def concurrency_modifier(self, fun: Callable[..., Any] | None = None, *, pool: str | None = None) -> Any:
+        """Register ``fun(current) -> int`` (RunPod's signature) or ``fun(current, stats) -> int``
+        as the concurrency modifier of ``pool``'s workers (default: the default pool).
+
+        See :mod:`taskpool.autoscale`. Raises ``ConfigurationError`` for an unknown pool or a
+        second modifier of the same pool.
+        """
+        from .autoscale import register_modifier
+
+        return register_modifier(self.concurrency_modifiers, fun, pool=pool or self.settings.default_pool)
+
+
+def _refuse_pickle(conf: dict[str, Any]) -> None:
+    for key in ("task_serializer", "result_serializer", "accept_content", "result_accept_content"):
+        value = conf.get(key)
+        values = [value] if isinstance(value, str) else list(value or [])
+        bad = [v for v in values if "json" not in str(v)]
+        if bad:
+            raise ConfigurationError(f"setting {key}={value!r}: taskpool accepts JSON only, never pickle")

@@ -1,0 +1,48 @@
+"""Every error taskpool raises, under one root.
+
+Celery's JSON result backend rebuilds an exception as ``cls(*args)``, so each
+constructor accepts exactly the arguments it passes to ``super().__init__``.
+"""
+
+from __future__ import annotations
+
+
+class TaskpoolError(Exception):
+    """Root of every taskpool error."""
+
+
+class ConfigurationError(TaskpoolError, ValueError):
+    """A task option, a setting or a command-line value is wrong; the message says which."""
+
+
+class DeadLetterNotFound(TaskpoolError, KeyError):
+    """No dead-letter record has that id."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; a message reads better plain
+        return str(self.args[0]) if self.args else ""
+
+
+class EmbeddedRedisError(TaskpoolError, RuntimeError):
+    """The embedded Redis could not be found or started."""
+
+
+class SlotTimeout(TaskpoolError, TimeoutError):
+    """No slots of a semaphore came free within the timeout; the message names both.
+
+    One message argument only: ``TimeoutError`` is an ``OSError``, whose ``args`` keep just
+    two of several arguments, so more would not rebuild through ``cls(*args)``.
+    """
+
+
+class LeaseLost(TaskpoolError, RuntimeError):
+    """A lease expired or vanished before its holder renewed it; its slots may be someone else's."""
+
+
+ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
+    TaskpoolError,
+    ConfigurationError,
+    DeadLetterNotFound,
+    EmbeddedRedisError,
+    SlotTimeout,
+    LeaseLost,
+)

@@ -1,0 +1,43 @@
+"""Which GPU slots the running task holds, and the torch device they stand for.
+
+The worker's main process leases GPU slots (see :mod:`taskpool.admission`) and sends the
+slot indices with the request; the task reads them here. torch is imported only on use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def current_gpus() -> list[int]:
+    """GPU indices leased to the running task (``[]`` outside a task or without ``gpu_slots``)."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    gpus = getattr(request, "taskpool_gpus", None) if request is not None else None
+    return [int(g) for g in gpus] if gpus else []
+
+
+def torch_device() -> Any:
+    """``torch.device`` of the task's first leased GPU; ``cpu`` where there is none or no CUDA."""
+    import torch
+
+    gpus = current_gpus()
+    if gpus and torch.cuda.is_available() and gpus[0] < torch.cuda.device_count():
+        return torch.device("cuda", gpus[0])
+    return torch.device("cpu")
+
+
+def use_leased_device(gpus: list[int]) -> None:
+    """Make the leased GPU current for this process (a reused prefork child switches devices).
+
+    ``CUDA_VISIBLE_DEVICES`` is ignored once CUDA has started in a process, so the device is
+    selected with ``torch.cuda.set_device``; where torch or CUDA is absent this does nothing.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if not gpus or torch is None:
+        return
+    if torch.cuda.is_available() and gpus[0] < torch.cuda.device_count():
+        torch.cuda.set_device(gpus[0])

@@ -1,0 +1,74 @@
+-- acquire.lua: grant `count` slots of a semaphore to `token`, or say how long to wait.
+-- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
+--
+-- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- ARGV[1] token       unique per lease (client-generated; retrying with it is idempotent)
+-- ARGV[2] owner       who holds it, e.g. "host:pid"; release_owner.lua matches on it
+-- ARGV[3] task_id     free text shown by `taskpool slots`; "" for none
+-- ARGV[4] count       slots wanted at once, 1 <= count
+-- ARGV[5] capacity    slots in the semaphore (config; a smaller value evicts no one, it only
+--                     refuses grants until the holders drop below it)
+-- ARGV[6] ttl_ms      lease length
+-- ARGV[7] pass_wake   "1" when the caller was woken by a wake element: if it is refused while
+--                     some slots are free (it wants more), the element goes back on the list
+--                     for a waiter that wants fewer; "0" otherwise
+--
+-- Returns {1, {slot, ...}, fence, expires_at_ms} when granted: the lowest free slot indices,
+--         the fencing token (increases with every grant) and the lease expiry (server ms).
+--      or {0, retry_ms, free}: retry_ms until the nearest lease expires (-1 when none),
+--         free = slots free now (fewer than count).
+
+local token, owner, task_id = ARGV[1], ARGV[2], ARGV[3]
+local count, capacity, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local pass_wake = ARGV[7] == '1'
+local now = now_ms()
+local to_wake = expire_leases(now) -- one wake element per slot freed here
+
+-- The same token again (a client retrying after a lost reply): extend and return the grant.
+local raw = redis.call('HGET', INFO, token)
+if raw then
+  local info = cjson.decode(raw)
+  local expires_at_ms = now + ttl_ms
+  redis.call('ZADD', LEASES, expires_at_ms, token)
+  wake(to_wake, capacity)
+  return {1, info.slots, info.fence, expires_at_ms}
+end
+
+local held = redis.call('HLEN', HOLDERS)
+if held + count > capacity then
+  if pass_wake and held < capacity then
+    to_wake = to_wake + 1
+  end
+  wake(to_wake, capacity)
+  local nearest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
+  local retry_ms = -1
+  if nearest[2] then
+    retry_ms = math.max(tonumber(nearest[2]) - now, 1)
+  end
+  return {0, retry_ms, math.max(capacity - held, 0)}
+end
+
+-- held + count <= capacity, so [0, capacity) has at least `count` free indices.
+local taken = {}
+for _, field in ipairs(redis.call('HKEYS', HOLDERS)) do
+  taken[tonumber(field)] = true
+end
+local slots = {}
+for slot = 0, capacity - 1 do
+  if not taken[slot] then
+    slots[#slots + 1] = slot
+    redis.call('HSET', HOLDERS, tostring(slot), token)
+    if #slots == count then
+      break
+    end
+  end
+end
+
+local fence = redis.call('INCR', FENCE)
+local expires_at_ms = now + ttl_ms
+redis.call('ZADD', LEASES, expires_at_ms, token)
+redis.call('HSET', INFO, token, cjson.encode({
+  slots = slots, owner = owner, task_id = task_id, since_ms = now, fence = fence,
+}))
+wake(to_wake, capacity)
+return {1, slots, fence, expires_at_ms}

@@ -1,0 +1,66 @@
+-- common.lua: helpers shared by acquire.lua, renew.lua, release.lua and release_owner.lua.
+-- semaphore.py prepends this file to each of them, so the four scripts free slots one way.
+--
+-- Key layout of one semaphore NAME (every key shares the hash tag {NAME}, so Cluster-safe):
+--   KEYS[1] <ks>:sem:{NAME}:holders  hash    slot index ("0".."capacity-1") -> token
+--   KEYS[2] <ks>:sem:{NAME}:leases   zset    token -> expires_at_ms (Redis TIME, ms since epoch)
+--   KEYS[3] <ks>:sem:{NAME}:info     hash    token -> JSON {slots, owner, task_id, since_ms, fence}
+--   KEYS[4] <ks>:sem:{NAME}:fence    string  counter, INCR once per grant (the fencing token)
+--   KEYS[5] <ks>:sem:{NAME}:wake     list    about one element per free slot; waiters BLPOP it
+-- Free slots are derived from holders, never stored. A lease whose expires_at_ms <= now is lost,
+-- whether or not a script has reaped it yet.
+
+local HOLDERS, LEASES, INFO, FENCE, WAKE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local WAKE_TTL_MS = 60000 -- an idle semaphore's stale wake elements disappear after a minute
+
+-- Redis server time in ms (scripts are replicated by effects, so TIME is allowed).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Frees every slot `token` holds and forgets its lease. Returns the number of slots freed.
+local function free_lease(token)
+  redis.call('ZREM', LEASES, token)
+  local raw = redis.call('HGET', INFO, token)
+  if not raw then
+    return 0
+  end
+  redis.call('HDEL', INFO, token)
+  local freed = 0
+  for _, slot in ipairs(cjson.decode(raw).slots) do
+    local field = tostring(slot)
+    if redis.call('HGET', HOLDERS, field) == token then
+      redis.call('HDEL', HOLDERS, field)
+      freed = freed + 1
+    end
+  end
+  return freed
+end
+
+-- Reaps every lease that expired at or before `now`. Returns the number of slots freed.
+local function expire_leases(now)
+  local freed = 0
+  for _, token in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now)) do
+    freed = freed + free_lease(token)
+  end
+  return freed
+end
+
+-- Pushes one wake element per freed slot, then keeps the list no longer than the number of
+-- free slots: an element stands for "a slot may be free", and a stale one only costs a waiter
+-- one extra attempt.
+local function wake(freed, capacity)
+  for _ = 1, freed do
+    redis.call('LPUSH', WAKE, '1')
+  end
+  local free = capacity - redis.call('HLEN', HOLDERS)
+  if free <= 0 then
+    redis.call('DEL', WAKE)
+    return
+  end
+  redis.call('LTRIM', WAKE, 0, free - 1)
+  if freed > 0 then
+    redis.call('PEXPIRE', WAKE, WAKE_TTL_MS)
+  end
+end

@@ -1,0 +1,23 @@
+-- release.lua: free the slots of `token` and wake as many waiters as slots were freed.
+-- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
+--
+-- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- ARGV[1] token
+-- ARGV[2] capacity    used only to trim the wake list
+--
+-- Returns the number of slots freed (>= 1),
+--      or 0 when the token holds nothing (already released, or expired and reaped),
+--      or -1 when the lease had expired but was not reaped yet: its slots are freed now, but
+--         the holder ran past its lease, which the caller should report.
+
+local token, capacity = ARGV[1], tonumber(ARGV[2])
+local score = redis.call('ZSCORE', LEASES, token)
+if not score then
+  return 0
+end
+local freed = free_lease(token)
+wake(freed, capacity)
+if tonumber(score) <= now_ms() then
+  return -1
+end
+return freed

@@ -1,0 +1,28 @@
+-- release_owner.lua: free every slot held by one owner (a killed prefork child "host:pid", or
+-- with a prefix, every owner of a worker "host:"), waking as many waiters as slots were freed.
+-- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
+--
+-- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- ARGV[1] owner       the owner string given to acquire.lua
+-- ARGV[2] match       "exact": owner == ARGV[1]; "prefix": owner starts with ARGV[1]
+-- ARGV[3] capacity    used only to trim the wake list
+--
+-- Returns the number of slots freed (expired but unreaped leases of the owner included).
+
+local owner, match, capacity = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local entries = redis.call('HGETALL', INFO)
+local freed = 0
+for i = 1, #entries, 2 do
+  local holder = cjson.decode(entries[i + 1]).owner
+  local hit
+  if match == 'prefix' then
+    hit = string.sub(holder, 1, #owner) == owner
+  else
+    hit = holder == owner
+  end
+  if hit then
+    freed = freed + free_lease(entries[i])
+  end
+end
+wake(freed, capacity)
+return freed

@@ -1,0 +1,189 @@
+"""Settings: taskpool's defaults, the project's config module, then ``TASKPOOL_*`` variables.
+
+Precedence, lowest first:
+
+1. :data:`DEFAULTS` below (safe defaults: JSON only, late acks, Redis on localhost);
+2. the config module named by ``TASKPOOL_CONFIG`` (default ``config.celery``, the
+   project's ``config/celery.py``) when it can be imported;
+3. environment variables: every Celery setting can be set as ``TASKPOOL_<SETTING>``
+   (``TASKPOOL_WORKER_PREFETCH_MULTIPLIER=4``), converted with Celery's own types,
+   plus the taskpool settings of :data:`TASKPOOL_SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery.app import defaults as celery_defaults
+from celery.utils.serialization import strtobool
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "TASKPOOL_"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CONFIG_MODULE = "config.celery"
+POOLS = ("prefork", "threads", "gevent")
+
+#: Celery settings taskpool starts from. The broker and backend come from
+#: :class:`Settings` so that the backend follows the broker unless told otherwise.
+DEFAULTS: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    # At-least-once: ack after the task ran; a killed child's task goes back to the queue.
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "result_extended": True,
+    # A result store that meets a Redis restart retries instead of failing the task.
+    "result_backend_always_retry": True,
+    "result_expires": 86400,
+    "broker_connection_retry_on_startup": True,
+    "worker_hijack_root_logger": True,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """taskpool's own settings (Celery's live in ``app.conf``).
+
+    Attributes:
+        broker_url: Redis URL of the broker (``TASKPOOL_BROKER_URL``).
+        result_backend: result backend URL; the broker's Redis when unset.
+        default_pool: pool of tasks that do not name one (``TASKPOOL_DEFAULT_POOL``).
+        queue_prefix: queue of pool P is ``<queue_prefix><P>`` (``TASKPOOL_QUEUE_PREFIX``).
+        keyspace: prefix of taskpool's own Redis keys (``TASKPOOL_KEYSPACE``).
+        visibility_timeout: seconds before Redis redelivers an unacked message
+            (``TASKPOOL_VISIBILITY_TIMEOUT``); retry waits are kept below it.
+        lease_ttl: seconds a limit or GPU slot stays held by a worker that stopped renewing it
+            (``TASKPOOL_LEASE_TTL``); live workers renew every ttl/3.
+        config_module: dotted path of the project's config module (``TASKPOOL_CONFIG``).
+    """
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str | None = None
+    default_pool: str = "prefork"
+    queue_prefix: str = "taskpool."
+    keyspace: str = "taskpool"
+    visibility_timeout: float = 3600.0
+    lease_ttl: float = 30.0
+    config_module: str = DEFAULT_CONFIG_MODULE
+
+    def __post_init__(self) -> None:
+        if self.default_pool not in POOLS:
+            raise ConfigurationError(
+                f"setting default_pool: expected one of {', '.join(POOLS)}, got {self.default_pool!r}"
+            )
+        if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                f"setting broker_url: taskpool needs a Redis broker (redis://, rediss:// or "
+                f"unix://), got {self.broker_url!r}"
+            )
+        if not self.lease_ttl >= 0.1:
+            raise ConfigurationError(f"setting lease_ttl: must be >= 0.1 seconds, got {self.lease_ttl!r}")
+        if not self.visibility_timeout > 0:
+            raise ConfigurationError(
+                f"setting visibility_timeout: must be > 0 seconds, got {self.visibility_timeout!r}"
+            )
+
+    @property
+    def redis_url(self) -> str:
+        """Where taskpool keeps its own keys (dead letters): the broker's Redis."""
+        return self.broker_url
+
+    def queue_for(self, pool: str, gpu: bool = False) -> str:
+        """Queue of a pool's tasks; tasks that need GPU slots have their own (``<queue>.gpu``),
+        consumed only by workers whose host has GPU slots."""
+        return f"{self.queue_prefix}{pool}.gpu" if gpu else f"{self.queue_prefix}{pool}"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        base: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Read ``TASKPOOL_*`` variables over ``base``; keyword arguments win over both."""
+        env = dict(os.environ if environ is None else environ)
+        for alias, name in _ENV_ALIASES.items():
+            if ENV_PREFIX + alias in env:
+                env.setdefault(ENV_PREFIX + name.upper(), env[ENV_PREFIX + alias])
+        values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k in TASKPOOL_SETTINGS}
+        for name, convert in TASKPOOL_SETTINGS.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                try:
+                    values[name] = convert(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"environment {ENV_PREFIX}{name.upper()}={raw!r}: not a valid {convert.__name__}"
+                    ) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+#: taskpool's own settings and how each is read from its environment variable.
+TASKPOOL_SETTINGS: dict[str, Any] = {
+    "broker_url": str,
+    "result_backend": str,
+    "default_pool": str,
+    "queue_prefix": str,
+    "keyspace": str,
+    "visibility_timeout": float,
+    "lease_ttl": float,
+    "config_module": str,
+}
+# TASKPOOL_CONFIG is the documented name of config_module.
+_ENV_ALIASES = {"CONFIG": "config_module"}
+_CELERY_OPTIONS = dict(celery_defaults.flatten(celery_defaults.NAMESPACES))
+
+
+def load_config_module(path: str, *, required: bool) -> Any | None:
+    """Import the project's config module; None when it is absent and not required."""
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as exc:
+        if required or (exc.name and not path.startswith(exc.name)):
+            # A module that exists but fails on its own imports must not be silently skipped.
+            raise ConfigurationError(f"config module {path!r} could not be imported: {exc}") from exc
+        return None
+
+
+def celery_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Celery settings given as ``TASKPOOL_<SETTING>``, converted with Celery's types."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in TASKPOOL_SETTINGS or name.upper() in _ENV_ALIASES:
+            continue
+        if name not in _CELERY_OPTIONS:
+            continue  # not a Celery setting: taskpool's own variables are read elsewhere
+        out[name] = _convert(key, raw, _CELERY_OPTIONS[name].type)
+    return out
+
+
+def _convert(key: str, raw: str, kind: str) -> Any:
+    try:
+        if kind == "list":
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        if kind in ("dict", "tuple"):
+            value = json.loads(raw)
+            return tuple(value) if kind == "tuple" else dict(value)
+        if kind == "bool":
+            return strtobool(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return raw
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"environment {key}={raw!r}: expected a {kind} ({exc})") from None

@@ -1,0 +1,103 @@
+"""What a worker tells about itself: ``taskpool`` in ``inspect stats`` (Flower's worker page).
+
+One snapshot, :func:`worker_snapshot`, read from the worker's main process: the taskpool pool it
+serves, its concurrency (and the autoscaler's bounds and target), the queues it consumes, the
+tasks in flight per task name, and the slots its requests hold or wait for. The consumer
+bootstep :class:`StatsStep` adds it to ``inspect stats``; :mod:`taskpool.metrics` exports the same
+snapshot to Prometheus.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+
+def _concurrency(consumer: Any) -> int | None:
+    pool = getattr(consumer, "pool", None)
+    try:
+        return int(pool.num_processes) if pool is not None else None
+    except (AttributeError, TypeError, ValueError):  # a pool not started yet has no processes
+        return None
+
+
+def _per_task(requests: Any) -> dict[str, int]:
+    return dict(sorted(Counter(r.name for r in list(requests)).items()))
+
+
+def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
+    """This worker as a JSON-able dict (the value of ``taskpool`` in ``inspect stats``).
+
+    Keys: ``pool``, ``concurrency`` (processes, threads or greenlets now), ``min``, ``max``,
+    ``target`` (the autoscaler's, when there is one), ``queues``, ``tasks`` (declared for this
+    pool), ``in_flight`` and ``reserved`` (task name -> requests), ``slots_held`` and
+    ``slots_waiting`` (semaphore -> slots held / requests waiting), ``gpu_holders`` (GPU slot ->
+    task id), ``admission`` (the gate's counters), ``metrics_port``.
+    """
+    pool = getattr(app, "worker_pool", None)
+    active = _per_task(worker_state.active_requests)
+    reserved = Counter(_per_task(worker_state.reserved_requests))
+    reserved.subtract(active)  # reserved_requests includes the running ones
+    snapshot: dict[str, Any] = {
+        "pool": pool,
+        "concurrency": _concurrency(consumer),
+        "min": None,
+        "max": None,
+        "target": None,
+        "queues": sorted(getattr(app.amqp.queues, "consume_from", None) or ()),
+        "tasks": sorted(
+            name
+            for name, task in app.tasks.items()
+            if getattr(task, "taskpool", None) is not None and task.taskpool.pool == pool
+        ),
+        "in_flight": active,
+        "reserved": {k: v for k, v in sorted(reserved.items()) if v > 0},
+        "slots_held": {},
+        "slots_waiting": {},
+        "gpu_holders": {},
+        "admission": {},
+        "metrics_port": int(os.environ.get("TASKPOOL_METRICS_PORT") or 0) or None,
+    }
+    scaler = getattr(getattr(consumer, "controller", None), "autoscaler", None)
+    if scaler is not None and hasattr(scaler, "info"):
+        info = scaler.info()
+        snapshot["concurrency"] = info.get("current", snapshot["concurrency"])
+        snapshot.update({k: info.get(k) for k in ("min", "max", "target")})
+        if snapshot["target"] is None:  # Celery's own autoscaler has no target
+            snapshot["target"] = info.get("qty")
+    gate = getattr(consumer, "taskpool_gate", None)  # set by taskpool.admission on first use
+    if gate is not None:
+        info = gate.info()
+        held: Counter[str] = Counter()
+        for request_id, leases in info.get("held", {}).items():
+            for name, slots, _fence in leases:
+                held[name] += len(slots)
+                if name.startswith("gpu:"):
+                    for slot in slots:
+                        snapshot["gpu_holders"][f"{name}/{slot}"] = request_id
+        waiting: Counter[str] = Counter()
+        for _request_id, _task, names in info.get("waiting", []):
+            waiting.update(names)
+        snapshot["slots_held"] = dict(sorted(held.items()))
+        snapshot["slots_waiting"] = dict(sorted(waiting.items()))
+        snapshot["admission"] = {
+            k: v for k, v in info.items() if k not in ("owner", "held", "waiting") and isinstance(v, int)
+        }
+    return snapshot
+
+
+class StatsStep(bootsteps.StartStopStep):
+    """Consumer bootstep: adds :func:`worker_snapshot` to ``inspect stats`` as ``taskpool``.
+
+    A StartStopStep with nothing to start: only those are in ``consumer.steps``, whose
+    ``info`` makes up ``inspect stats``.
+    """
+
+    label = "taskpool stats"
+
+    def info(self, c: Any) -> dict[str, Any]:
+        return {"taskpool": worker_snapshot(c.app, c)}

@@ -1,0 +1,122 @@
+"""TaskpoolTask: the Celery task base class taskpool's tasks are built on."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import celery
+from celery.exceptions import Ignore, Reject, Retry
+
+from . import aio
+from .gpu import use_leased_device
+from .options import TaskOptions
+from .retry import Backoff, DeadLetter
+
+if TYPE_CHECKING:
+    from .app import TaskPool
+
+logger = logging.getLogger("taskpool")
+
+#: Celery's control-flow exceptions pass through retry_on untouched.
+_CONTROL_FLOW = (Retry, Ignore, Reject)
+
+
+class TaskpoolTask(celery.Task):
+    """A Celery task with taskpool's options.
+
+    Attributes:
+        taskpool: the task's validated :class:`~taskpool.options.TaskOptions`.
+        backoff_policy: waits between retries, from ``backoff``, ``backoff_max`` and ``jitter``.
+    """
+
+    taskpool: TaskOptions
+    backoff_policy: Backoff
+
+    def dead_letter(self, exc: BaseException) -> None:
+        """Keep a record of this request, which failed for good with ``exc``.
+
+        Called before Celery stores the FAILURE, so whoever sees the failure finds the record.
+        """
+        request = self.request
+        record = DeadLetter.for_exception(
+            exc,
+            task=self.name,
+            task_id=request.id,
+            args=request.args,
+            kwargs=request.kwargs,
+            attempts=(request.retries or 0) + 1,
+            queue=(request.delivery_info or {}).get("routing_key"),
+            chain=list(request.chain) if request.chain else None,
+        )
+        app: TaskPool = self.app
+        try:
+            app.dead_letters.add(record)
+        except Exception:  # Celery still records the failure itself; do not mask it
+            logger.exception("taskpool: could not store the dead letter of %s[%s]", self.name, request.id)
+        else:
+            logger.warning(
+                "taskpool: %s[%s] failed after %d attempt(s): %s; dead letter %s",
+                self.name,
+                request.id,
+                record.attempts,
+                record.exception,
+                record.id,
+            )
+
+
+def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Callable[..., Any]:
+    """The task's ``run``: calls ``fun`` (awaiting it if async) and applies the retry policy.
+
+    Always bound to the task, so the retry count is at hand; ``fun`` gets the task
+    only when the user asked for ``bind=True``.
+    """
+    retry_on = options.retry_on
+    retries = options.retries
+
+    gated = options.has_limits
+    gpu = bool(options.gpu_slots)
+
+    def call(task: TaskpoolTask, args: Any, kwargs: Any) -> Any:
+        result = fun(task, *args, **kwargs) if bind else fun(*args, **kwargs)
+        if asyncio.iscoroutine(result):
+            result = aio.run(result)
+        return result
+
+    @functools.wraps(fun)
+    def run(task: TaskpoolTask, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if not gated:
+                return call(task, args, kwargs)
+            request = task.request
+            if request.is_eager:
+                from .admission import eager_admission
+
+                with eager_admission(task) as gpus:
+                    request.taskpool_gpus = gpus
+                    return call(task, args, kwargs)
+            if gpu:
+                use_leased_device(getattr(request, "taskpool_gpus", None) or [])
+            return call(task, args, kwargs)
+        except _CONTROL_FLOW:
+            raise
+        except Exception as exc:  # KeyboardInterrupt, SystemExit, GreenletExit: not task failures
+            done = task.request.retries or 0
+            if done >= retries or not isinstance(exc, retry_on):
+                task.dead_letter(exc)
+                raise
+            countdown = task.backoff_policy.delay(done)
+            logger.info(
+                "taskpool: %s[%s] attempt %d failed (%r); retry in %.3f s",
+                task.name,
+                task.request.id,
+                done + 1,
+                exc,
+                countdown,
+            )
+            raise task.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
+
+    return run

@@ -1,0 +1,399 @@
+"""Unit tests of taskpool.semaphores against a real redis-server (the session fixture)."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import pickle
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+
+from taskpool.embedded import RedisServer
+from taskpool.errors import ConfigurationError, TaskpoolError
+from taskpool.semaphores import Lease, LeaseKeeper, LeaseLost, Semaphore, SlotTimeout
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+SemFactory = Callable[..., Semaphore]
+
+
+@pytest.fixture
+def make_sem(redis_client: redis.Redis) -> SemFactory:
+    """Semaphores with a fresh name each, so tests never share state."""
+
+    def make(capacity: int = 1, ttl: float = 30.0, **kwargs: object) -> Semaphore:
+        return Semaphore(redis_client, f"test:{uuid.uuid4().hex[:12]}", capacity, ttl, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def server_now(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
+def test_uncontended_acquire_and_release(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1)
+    lease = sem.acquire("host:1", task_id="t-1")
+    assert lease.semaphore == sem.name
+    assert lease.slots == (0,)
+    assert lease.owner == "host:1"
+    assert lease.task_id == "t-1"
+    assert lease.expires_at > server_now(sem.client) + 29
+    assert sem.release(lease) is True
+    assert sem.holders() == []
+    assert sem.try_acquire("host:2") is not None
+
+
+def test_capacity_is_honored(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=3)
+    leases = [sem.try_acquire(f"host:{i}") for i in range(3)]
+    assert all(leases)
+    assert sem.try_acquire("host:9") is None
+    assert sem.release(leases[1])  # type: ignore[arg-type]
+    again = sem.try_acquire("host:9")
+    assert again is not None
+    assert again.slots == (1,)
+    assert sem.try_acquire("host:10") is None
+
+
+def test_count_is_all_or_nothing(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=3)
+    first = sem.try_acquire("a", count=2)
+    assert first is not None
+    assert first.slots == (0, 1)
+    before = sem.holders()
+    assert sem.try_acquire("b", count=2) is None
+    assert sem.holders() == before  # a refused multi-slot acquire takes nothing
+    sem.release(first)
+    second = sem.try_acquire("b", count=3)
+    assert second is not None
+    assert second.slots == (0, 1, 2)
+    assert second.count == 3
+
+
+def test_slots_granted_are_the_lowest_free(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=4)
+    leases = [sem.try_acquire("a") for _ in range(4)]
+    assert [lease.slots for lease in leases if lease] == [(0,), (1,), (2,), (3,)]
+    sem.release(leases[3])  # type: ignore[arg-type]
+    sem.release(leases[1])  # type: ignore[arg-type]
+    pair = sem.try_acquire("b", count=2)
+    assert pair is not None
+    assert pair.slots == (1, 3)
+
+
+def test_fence_increases_with_every_grant(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=2)
+    fences = []
+    for _ in range(5):
+        lease = sem.acquire("a")
+        fences.append(lease.fence)
+        sem.release(lease)
+    other = sem.acquire("b", count=2)
+    fences.append(other.fence)
+    assert fences == sorted(set(fences))
+    assert fences[-1] - fences[0] == 5
+
+
+def test_renew_extends_the_lease(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1, ttl=0.4)
+    lease = sem.acquire("a")
+    first_expiry = lease.expires_at
+    time.sleep(0.15)
+    new_expiry = sem.renew(lease)
+    assert new_expiry == lease.expires_at
+    assert new_expiry > first_expiry + 0.1
+    wait_for(lambda: server_now(sem.client) > first_expiry + 0.02, timeout=5, what="the first expiry to pass")
+    assert sem.try_acquire("b") is None  # still held thanks to the renewal
+    assert sem.renew(lease) > new_expiry
+
+
+def test_expiry_frees_the_slot(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1, ttl=0.3)
+    lease = sem.acquire("a")
+    assert sem.try_acquire("b") is None
+    start = time.monotonic()
+    taken = wait_for(lambda: sem.try_acquire("b"), timeout=5, interval=0.02, what="the lease to expire")
+    assert isinstance(taken, Lease)
+    assert taken.slots == lease.slots
+    assert taken.fence > lease.fence
+    assert 0.1 < time.monotonic() - start < 3
+
+
+def test_renew_after_expiry_raises_lease_lost(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1, ttl=0.2)
+    unreaped = sem.acquire("a")
+    wait_for(lambda: server_now(sem.client) > unreaped.expires_at + 0.01, timeout=5, what="expiry")
+    with pytest.raises(LeaseLost, match="had expired"):
+        sem.renew(unreaped)  # expired but not yet reaped: lost all the same, and reaped now
+    assert sem.holders() == []
+
+    reaped = sem.acquire("a")
+    wait_for(lambda: server_now(sem.client) > reaped.expires_at + 0.01, timeout=5, what="expiry")
+    successor = sem.acquire("b")  # reaps the expired lease and takes its slot
+    assert successor.slots == reaped.slots
+    with pytest.raises(LeaseLost, match="no longer held") as info:
+        sem.renew(reaped)
+    assert sem.name in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+    assert [h.token for h in sem.holders()] == [successor.token]
+
+
+def test_release_twice_or_after_expiry_is_reported(
+    make_sem: SemFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    sem = make_sem(capacity=1, ttl=0.2)
+    lease = sem.acquire("a")
+    assert sem.release(lease) is True
+    with caplog.at_level(logging.WARNING, logger="taskpool.semaphores"):
+        assert sem.release(lease) is False
+    assert any("held no slot" in r.getMessage() for r in caplog.records)
+
+    overrun = sem.acquire("a")
+    wait_for(lambda: server_now(sem.client) > overrun.expires_at + 0.01, timeout=5, what="expiry")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="taskpool.semaphores"):
+        assert sem.release(overrun) is False
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert "overran" in caplog.records[0].getMessage()
+    assert sem.try_acquire("b") is not None  # its slot was freed all the same
+
+
+def test_release_owner_frees_every_slot_of_that_owner(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=5)
+    sem.acquire("w1:10", count=2)
+    sem.acquire("w1:10")
+    keep = sem.acquire("w1:11")
+    other = sem.acquire("w2:10")
+    assert sem.release_owner("w1:10") == 3
+    assert sorted(h.token for h in sem.holders()) == sorted([keep.token, other.token])
+    assert sem.release_owner("w1:10") == 0
+    assert sem.release_owner("w1:", prefix=True) == 1
+    assert [h.owner for h in sem.holders()] == ["w2:10"]
+
+
+def test_blocked_acquire_wakes_promptly_on_release(make_sem: SemFactory, pool: ThreadPoolExecutor) -> None:
+    # poll_interval and ttl are long, so only the wake list can end the wait early.
+    sem = make_sem(capacity=1, ttl=20.0, poll_interval=10.0)
+    held = sem.acquire("a")
+    started = threading.Event()
+
+    def blocked() -> tuple[Lease, float]:
+        started.set()
+        lease = sem.acquire("b", timeout=5.0)
+        return lease, time.monotonic()
+
+    future: Future[tuple[Lease, float]] = pool.submit(blocked)
+    started.wait(5)
+    time.sleep(0.3)  # let it block in BLPOP
+    assert not future.done()
+    released_at = time.monotonic()
+    sem.release(held)
+    lease, woke_at = future.result(timeout=5)
+    assert lease.slots == (0,)
+    assert woke_at - released_at < 0.5, f"woke {woke_at - released_at:.3f} s after the release"
+
+
+def test_release_owner_wakes_waiters(make_sem: SemFactory, pool: ThreadPoolExecutor) -> None:
+    sem = make_sem(capacity=2, ttl=20.0, poll_interval=10.0)
+    sem.acquire("dead:1", count=2)
+    futures = [pool.submit(sem.acquire, f"b:{i}", 1, 5.0) for i in range(2)]
+    time.sleep(0.3)
+    assert not any(f.done() for f in futures)
+    released_at = time.monotonic()
+    assert sem.release_owner("dead:1") == 2
+    leases = [f.result(timeout=5) for f in futures]
+    assert time.monotonic() - released_at < 1.0
+    assert sorted(lease.slots for lease in leases) == [(0,), (1,)]
+
+
+def test_a_waiter_for_more_slots_hands_its_wake_up_on(make_sem: SemFactory, pool: ThreadPoolExecutor) -> None:
+    sem = make_sem(capacity=2, ttl=20.0, poll_interval=10.0)
+    first, second = sem.acquire("a"), sem.acquire("a")
+    wants_two = pool.submit(sem.acquire, "w2", 2, 8.0)
+    time.sleep(0.2)  # blocked first, so Redis hands the first wake-up to it
+    wants_one = pool.submit(sem.acquire, "w1", 1, 5.0)
+    time.sleep(0.2)
+    released_at = time.monotonic()
+    sem.release(first)  # one free slot: useless to wants_two, which must pass the wake-up on
+    one = wants_one.result(timeout=5)
+    assert time.monotonic() - released_at < 0.5
+    assert not wants_two.done()
+    sem.release(second)
+    sem.release(one)
+    assert wants_two.result(timeout=5).slots == (0, 1)
+
+
+def test_slot_timeout_names_semaphore_count_and_timeout(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=2)
+    sem.acquire("a")
+    start = time.monotonic()
+    with pytest.raises(SlotTimeout) as info:
+        sem.acquire("b", count=2, timeout=0.3)
+    elapsed = time.monotonic() - start
+    assert 0.25 < elapsed < 2.0
+    message = str(info.value)
+    assert repr(sem.name) in message
+    assert "2 of 2 slot(s)" in message
+    assert "0.3 s" in message
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, TaskpoolError)
+
+
+def test_holders_shows_who_holds_what(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=3, ttl=0.3)
+    before = server_now(sem.client)
+    gpu = sem.acquire("host:7", count=2, task_id="task-42")
+    one = sem.acquire("host:8")
+    holders = sem.holders()
+    assert [(h.slot, h.token, h.owner, h.task_id, h.fence) for h in holders] == [
+        (0, gpu.token, "host:7", "task-42", gpu.fence),
+        (1, gpu.token, "host:7", "task-42", gpu.fence),
+        (2, one.token, "host:8", None, one.fence),
+    ]
+    for h in holders:
+        assert before - 0.01 <= h.since <= h.expires_at
+        assert not h.expired
+    assert holders[0].expires_at == gpu.expires_at
+    sem.renew(one)
+    wait_for(lambda: server_now(sem.client) > gpu.expires_at + 0.01, timeout=5, what="expiry")
+    expired = {h.slot: h.expired for h in sem.holders()}
+    assert expired[0] and expired[1]  # listed until a script reaps them
+
+
+def test_smaller_capacity_evicts_no_one_and_blocks_new_grants(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=3)
+    leases = [sem.acquire(f"a:{i}") for i in range(3)]
+    sem.set_capacity(1)
+    assert len(sem.holders()) == 3
+    sem.release(leases[0])
+    sem.release(leases[2])
+    assert sem.try_acquire("b") is None  # one holder is already at the new capacity
+    sem.release(leases[1])
+    lease = sem.try_acquire("b")
+    assert lease is not None
+    assert lease.slots == (0,)
+    sem.set_capacity(2)
+    assert sem.try_acquire("c") is not None
+
+
+def test_retrying_an_acquire_with_its_token_is_idempotent(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=2)
+    first = sem._attempt("a", 1, None, "fixed-token")  # what a retry after a lost reply sends
+    again = sem._attempt("a", 1, None, "fixed-token")
+    assert isinstance(first, Lease)
+    assert isinstance(again, Lease)
+    assert (again.slots, again.fence) == (first.slots, first.fence)
+    assert len(sem.holders()) == 1
+
+
+def test_wake_list_stays_bounded(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=2)
+    for _ in range(50):
+        sem.release(sem.acquire("a"))
+    assert sem.client.llen(sem.keys.wake) <= 2
+    assert 0 < sem.client.pttl(sem.keys.wake) <= 60_000
+    sem.acquire("a", count=2)
+    assert sem.client.exists(sem.keys.wake) == 0  # no free slot, so no wake element
+
+
+def test_invalid_arguments_fail_with_the_value(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=2)
+    with pytest.raises(ConfigurationError, match="count=3 exceeds capacity=2"):
+        sem.acquire("a", count=3)
+    with pytest.raises(ConfigurationError, match="count must be an int >= 1, got 0"):
+        sem.try_acquire("a", count=0)
+    with pytest.raises(ConfigurationError, match="non-empty owner"):
+        sem.try_acquire("")
+    with pytest.raises(ConfigurationError, match="without braces"):
+        Semaphore(sem.client, "a{b}", 1)
+    with pytest.raises(ConfigurationError, match="capacity must be an int >= 1, got 0"):
+        Semaphore(sem.client, "ok", 0)
+    other = make_sem(capacity=1)
+    with pytest.raises(ValueError, match="given to semaphore"):
+        sem.release(other.acquire("a"))
+
+
+def test_works_with_decode_responses(redis_server: RedisServer) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        sem = Semaphore(client, f"test:{uuid.uuid4().hex[:12]}", 2)
+        lease = sem.acquire("a", task_id="t")
+        assert [(h.slot, h.token, h.task_id) for h in sem.holders()] == [(0, lease.token, "t")]
+        sem.renew(lease)
+        assert sem.release(lease)
+    finally:
+        client.close()
+
+
+def test_errors_round_trip_through_pickle_and_args() -> None:
+    for exc in (SlotTimeout("semaphore 'x': 1 of 1 slot(s)"), LeaseLost("semaphore 'x': lost")):
+        rebuilt = type(exc)(*exc.args)
+        assert (type(rebuilt), rebuilt.args, str(rebuilt)) == (type(exc), exc.args, str(exc))
+        unpickled = pickle.loads(pickle.dumps(exc))
+        assert (type(unpickled), unpickled.args) == (type(exc), exc.args)
+
+
+def test_lease_keeper_renews_until_removed(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1, ttl=0.3)
+    lease = sem.acquire("a")
+    with LeaseKeeper() as keeper:
+        keeper.add(sem, lease)
+        deadline = time.monotonic() + 1.2  # four ttls
+        while time.monotonic() < deadline:
+            assert sem.try_acquire("b") is None
+            time.sleep(0.05)
+        keeper.remove(lease)
+        assert sem.release(lease) is True
+    assert keeper.leases() == []
+
+
+def test_lease_keeper_reports_a_lost_lease(make_sem: SemFactory, caplog: pytest.LogCaptureFixture) -> None:
+    sem = make_sem(capacity=1, ttl=0.6)
+    lease = sem.acquire("a")
+    lost: list[tuple[Lease, LeaseLost]] = []
+    with (
+        caplog.at_level(logging.ERROR, logger="taskpool.semaphores"),
+        LeaseKeeper(on_lost=lambda lease, exc: lost.append((lease, exc))) as keeper,
+    ):
+        keeper.add(sem, lease)
+        sem.client.zadd(sem.keys.leases, {lease.token: 0}, xx=True)  # as if the process had stalled
+        wait_for(lambda: lost, timeout=5, interval=0.02, what="the keeper to report the loss")
+        assert keeper.leases() == []
+    assert lost[0][0] is lease
+    assert isinstance(lost[0][1], LeaseLost)
+    assert any(lease.token in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+
+
+def test_semaphores_package_imports_only_redis_and_stdlib() -> None:
+    import sys
+
+    package = Path(__file__).resolve().parent.parent / "taskpool" / "semaphores"
+    allowed = set(sys.stdlib_module_names) | {"redis", "taskpool"}
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+                if node.module.startswith("taskpool"):
+                    assert node.module == "taskpool.errors", f"{path.name} imports {node.module}"
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"

@@ -1,0 +1,5 @@
+"""The app: settings from config/celery.py and TASKPOOL_* variables."""
+
+from taskpool import TaskPool
+
+app = TaskPool("workers")

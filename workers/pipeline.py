@@ -1,0 +1,71 @@
+"""The example pipeline: download (gevent, async) -> run_model (prefork, torch) -> save (threads).
+
+(download.s(1) | run_model.s() | save.s()).delay()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from celery import chain
+from celery.signals import worker_process_init
+
+from . import model
+from .app import app
+
+IMAGE_SHAPE = (3, 32, 32)
+worker_process_init.connect(model.load_in_child, weak=False)
+
+
+class TransientDownloadError(ConnectionError):
+    """A download that may work when tried again."""
+
+
+@app.task(pool="gevent", retries=3, backoff=0.5, backoff_max=5.0, retry_on=(TransientDownloadError,))
+async def download(image_id: int) -> dict[str, Any]:
+    """Fetch an image (simulated: deterministic pixels after an I/O wait)."""
+    if not isinstance(image_id, int) or image_id < 0:
+        raise ValueError(f"download: image_id must be an integer >= 0, got {image_id!r}")
+    await asyncio.sleep(0.01 + random.random() * 0.02)
+    failure_rate = float(os.environ.get("TASKPOOL_DEMO_FAILURE_RATE", "0"))
+    if random.random() < failure_rate:
+        raise TransientDownloadError(f"image {image_id}: connection reset")
+    seed = int.from_bytes(hashlib.sha256(str(image_id).encode()).digest()[:4], "big")
+    rng = random.Random(seed)
+    pixels = [round(rng.random(), 4) for _ in range(IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2])]
+    return {"image_id": image_id, "shape": list(IMAGE_SHAPE), "pixels": pixels}
+
+
+@app.task(pool="prefork")
+def run_model(item: dict[str, Any]) -> dict[str, Any]:
+    """Classify one image with the small torch model."""
+    import torch
+
+    x = torch.tensor(item["pixels"], dtype=torch.float32).reshape(1, *item["shape"])
+    with torch.no_grad():
+        probs = torch.softmax(model.get()(x), dim=1)[0]
+    score, label = torch.max(probs, dim=0)
+    return {"image_id": item["image_id"], "label": int(label), "score": round(float(score), 6)}
+
+
+@app.task(pool="threads")
+def save(result: dict[str, Any]) -> str:
+    """Write one prediction as JSON under TASKPOOL_OUTPUT_DIR (default .taskpool/output)."""
+    out = Path(os.environ.get("TASKPOOL_OUTPUT_DIR", ".taskpool/output"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result['image_id']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)  # a re-run (at-least-once) rewrites the same file: idempotent
+    return str(path)
+
+
+def pipeline(image_id: int) -> chain:
+    """The three steps for one image, each on its own pool's workers."""
+    return download.s(image_id) | run_model.s() | save.s()
