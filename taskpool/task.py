@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import celery
@@ -24,6 +25,18 @@ logger = logging.getLogger("taskpool")
 #: Celery's control-flow exceptions pass through retry_on untouched.
 _CONTROL_FLOW = (Retry, Ignore, Reject)
 
+#: The (task, request) an ``async def`` task's coroutine runs for. On gevent the coroutine
+#: runs in the worker's loop greenlet, where Celery's greenlet-local request stack is empty;
+#: asyncio gives each coroutine its own context, so the request travels with it.
+_coroutine_request: contextvars.ContextVar[tuple[celery.Task, Any] | None] = contextvars.ContextVar(
+    "taskpool_coroutine_request", default=None
+)
+
+
+async def _with_request(task: celery.Task, request: Any, coro: Coroutine[Any, Any, Any]) -> Any:
+    _coroutine_request.set((task, request))
+    return await coro
+
 
 class TaskpoolTask(celery.Task):
     """A Celery task with taskpool's options.
@@ -35,6 +48,14 @@ class TaskpoolTask(celery.Task):
 
     taskpool: TaskOptions
     backoff_policy: Backoff
+
+    def _get_request(self) -> Any:
+        current = _coroutine_request.get()
+        if current is not None and current[0] is self:
+            return current[1]
+        return super()._get_request()
+
+    request = property(_get_request)
 
     def dead_letter(self, exc: BaseException) -> None:
         """Keep a record of this request, which failed for good with ``exc``.
@@ -83,7 +104,7 @@ def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Calla
     def call(task: TaskpoolTask, args: Any, kwargs: Any) -> Any:
         result = fun(task, *args, **kwargs) if bind else fun(*args, **kwargs)
         if asyncio.iscoroutine(result):
-            result = aio.run(result)
+            result = aio.run(_with_request(task, task.request, result))
         return result
 
     @functools.wraps(fun)

@@ -74,17 +74,23 @@ async def _async_observe() -> dict[str, Any]:
 
 @app.task(pool="prefork")
 async def async_prefork() -> dict[str, Any]:
-    return await _async_observe()
+    facts = await _async_observe()
+    facts["request_id"] = async_prefork.request.id  # the request is visible inside the coroutine
+    return facts
 
 
 @app.task(pool="threads")
 async def async_threads() -> dict[str, Any]:
-    return await _async_observe()
+    facts = await _async_observe()
+    facts["request_id"] = async_threads.request.id  # the request is visible inside the coroutine
+    return facts
 
 
 @app.task(pool="gevent")
 async def async_gevent() -> dict[str, Any]:
-    return await _async_observe()
+    facts = await _async_observe()
+    facts["request_id"] = async_gevent.request.id  # the request is visible inside the coroutine
+    return facts
 
 
 @app.task(pool="gevent")

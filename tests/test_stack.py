@@ -174,6 +174,7 @@ def test_up_runs_the_demo_and_prints_a_summary(stack: RunningStack) -> None:
     for step in STEPS:
         done, failed = summary_row(out, step)[1:3]
         assert (int(done), int(failed)) == (ITEMS, 0), out
+    assert int(summary_row(out, STEPS[0])[3]) > 0, out  # simulated outages were retried
     for i in range(ITEMS):
         saved = json.loads((stack.project / "out" / f"{i}.json").read_text())
         assert saved["image_id"] == i

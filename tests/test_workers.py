@@ -49,10 +49,12 @@ def test_async_task_on_each_pool_keeps_one_loop_per_process_or_thread(
     tp_app: Any, pool_workers: dict[str, Worker], pool: str
 ) -> None:
     task = getattr(tp_app, f"async_{pool}")
-    results = [r.get(timeout=20) for r in [task.delay() for _ in range(8)]]
+    sent = [task.delay() for _ in range(8)]
+    results = [r.get(timeout=20) for r in sent]
     loops: dict[Any, set[int]] = {}
-    for facts in results:
+    for res, facts in zip(sent, results, strict=True):
         assert facts["worker_pool"] == pool
+        assert facts["request_id"] == res.id  # task.request inside the coroutine is this call's
         # gevent: one loop for the whole worker; prefork: per child; threads: per thread.
         where = facts["pid"] if pool != "threads" else (facts["pid"], facts["thread"])
         loops.setdefault(where, set()).add(facts["loop_id"])

@@ -33,13 +33,24 @@ async def download(image_id: int) -> dict[str, Any]:
     if not isinstance(image_id, int) or image_id < 0:
         raise ValueError(f"download: image_id must be an integer >= 0, got {image_id!r}")
     await asyncio.sleep(0.01 + random.random() * 0.02)
-    failure_rate = float(os.environ.get("TASKPOOL_DEMO_FAILURE_RATE", "0"))
-    if random.random() < failure_rate:
-        raise TransientDownloadError(f"image {image_id}: connection reset")
-    seed = int.from_bytes(hashlib.sha256(str(image_id).encode()).digest()[:4], "big")
-    rng = random.Random(seed)
+    attempt = download.request.retries or 0
+    if attempt < download.taskpool.retries and _fails(image_id, attempt):
+        raise TransientDownloadError(f"image {image_id}: connection reset (attempt {attempt + 1})")
+    rng = random.Random(_digest(image_id))
     pixels = [round(rng.random(), 4) for _ in range(IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2])]
     return {"image_id": image_id, "shape": list(IMAGE_SHAPE), "pixels": pixels}
+
+
+def _digest(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "big")
+
+
+def _fails(image_id: int, attempt: int) -> bool:
+    """The simulated outage: a TASKPOOL_DEMO_FAILURE_RATE share of attempts fail, chosen by
+    hashing (image, attempt) so a run can be repeated. Failures are transient: the last
+    attempt the retry policy allows always succeeds, so the demo ends with no dead letters."""
+    rate = float(os.environ.get("TASKPOOL_DEMO_FAILURE_RATE", "0"))
+    return _digest(image_id, attempt) < rate * 2**32
 
 
 @app.task(pool="prefork")
