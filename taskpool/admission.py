@@ -29,6 +29,7 @@ import redis
 from celery import bootsteps
 from celery.worker.state import task_reserved
 
+from .batching import batchers_of, members_of
 from .errors import ConfigurationError
 from .limits import LimitStore, Need, expand_limit_name, gpu_count, needs_of
 from .options import TaskOptions
@@ -257,6 +258,12 @@ class Gate:
 
     def _refuse(self, request: Any, exc: ConfigurationError) -> None:
         """A request that can never be admitted fails now, with a dead letter to retry it later."""
+        batch = getattr(request, "members", None)
+        if batch is not None:  # a batch: each input fails on its own
+            for member in batch:
+                self._refuse(member, exc)
+                request.batcher.done(member)
+            return
         self.stats["failed_admission"] += 1
         logger.error("taskpool: %s[%s] refused: %s", request.name, request.id, exc)
         from celery.utils.serialization import get_pickleable_exception
@@ -432,9 +439,10 @@ class Gate:
             self._held_extra = 0  # lent on the old channel's QoS; the new connection has its own
         for request in dropped:
             self.release(_key_of(request))
-            tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-            if tag is not None:
-                self._to_restore.append(tag)
+            for member in members_of(request):  # a batch's inputs, or the request itself
+                tag = getattr(getattr(member, "message", None), "delivery_tag", None)
+                if tag is not None:
+                    self._to_restore.append(tag)
         if dropped:
             self.stats["dropped_at_reconnect"] = self.stats.get("dropped_at_reconnect", 0) + len(dropped)
             logger.warning(
@@ -453,20 +461,7 @@ class Gate:
         restores them by delivery tag; a tag kombu already restored is a no-op.
         """
         tags, self._to_restore = self._to_restore, []
-        channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
-        restore = getattr(getattr(channel, "qos", None), "restore_by_tag", None)
-        if not tags or restore is None:
-            return 0  # nothing to do, or a broker that redelivers by itself (AMQP)
-        restored = 0
-        for tag in reversed(tags):  # each goes to the head of its queue: keep their order
-            try:
-                restore(tag)
-                restored += 1
-            except Exception:
-                logger.exception(
-                    "taskpool: could not restore message %s; it returns after the visibility timeout", tag
-                )
-        return restored
+        return restore_messages(consumer, tags)
 
     def waiting_count(self) -> int:
         """How many requests wait in the gate for their limits or GPU slots (autoscaler input)."""
@@ -496,6 +491,29 @@ class Gate:
             keys = list(self._held)
         for key in keys:
             self.release(key)
+
+
+def restore_messages(consumer: Any, tags: list[str]) -> int:
+    """Put messages delivered on a closed channel back on their queues, by delivery tag.
+
+    kombu's Redis transport restores unacked messages when the old channel closes, but after
+    a Redis restart that happens while Redis is still down and fails, leaving them in the
+    unacked hash until ``visibility_timeout``. A tag kombu already restored is a no-op.
+    """
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    restore = getattr(getattr(channel, "qos", None), "restore_by_tag", None)
+    if not tags or restore is None:
+        return 0  # nothing to do, or a broker that redelivers by itself (AMQP)
+    restored = 0
+    for tag in reversed(tags):  # each goes to the head of its queue: keep their order
+        try:
+            restore(tag)
+            restored += 1
+        except Exception:
+            logger.exception(
+                "taskpool: could not restore message %s; it returns after the visibility timeout", tag
+            )
+    return restored
 
 
 def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
@@ -620,6 +638,7 @@ class AdmissionStep(bootsteps.StartStopStep):
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
+    _batch_tags: list[str] = []  # delivery tags of batch inputs dropped at a connection loss
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -638,19 +657,33 @@ class AdmissionStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         gate: Gate | None = getattr(c, "taskpool_gate", None)
-        if gate is not None:
-            restored = gate.reconnected(c)
-            if restored:
-                logger.info("taskpool: %d held message(s) put back on the queue after reconnecting", restored)
+        restored = gate.reconnected(c) if gate is not None else 0
+        tags, self._batch_tags = self._batch_tags, []
+        restored += restore_messages(c, tags)
+        if restored:
+            logger.info("taskpool: %d held message(s) put back on the queue after reconnecting", restored)
 
     def stop(self, c: Any) -> None:
         gate: Gate | None = getattr(c, "taskpool_gate", None)
         if gate is not None:
             gate.connection_lost()
+        dropped = [r for b in batchers_of(c).values() for r in b.connection_lost()]
+        self._batch_tags = [
+            t for r in dropped if (t := getattr(getattr(r, "message", None), "delivery_tag", None))
+        ]
+        if dropped:
+            logger.warning(
+                "taskpool: consumer restarting or stopping: %d buffered batch input(s) go back to the queue",
+                len(dropped),
+            )
 
     def info(self, c: Any) -> dict[str, Any]:
         gate: Gate | None = getattr(c, "taskpool_gate", None)
-        return {"taskpool_admission": gate.info()} if gate is not None else {}
+        info: dict[str, Any] = {"taskpool_admission": gate.info()} if gate is not None else {}
+        batchers = batchers_of(c)
+        if batchers:
+            info["taskpool_batches"] = {name: b.info() for name, b in batchers.items()}
+        return info
 
     def shutdown(self, c: Any) -> None:
         gate: Gate | None = getattr(c, "taskpool_gate", None)

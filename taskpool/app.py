@@ -122,7 +122,19 @@ class TaskPool(Celery):
                 raise ConfigurationError(
                     f"task {name!r}: base={celery_opts['base']!r} must subclass taskpool.task.TaskpoolTask"
                 )
-            if record.has_limits:
+            if record.batch is not None:
+                from .batching import check_function
+
+                check_function(name, fun, bind)
+                if celery_opts.get("rate_limit"):
+                    raise ConfigurationError(
+                        f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} "
+                        "cannot be combined with batch"
+                    )
+                # Requests of this task are collected into batches in the worker's main process
+                # (and pass the admission gate per batch when it has limits).
+                celery_opts["Strategy"] = "taskpool.batching:strategy"
+            elif record.has_limits:
                 if celery_opts.get("rate_limit"):
                     raise ConfigurationError(
                         f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} cannot be combined with "
@@ -135,6 +147,7 @@ class TaskPool(Celery):
                 name=name,
                 max_retries=record.retries,
                 taskpool=record,
+                taskpool_function=staticmethod(fun),  # the user's function (batches call it directly)
                 backoff_policy=Backoff(record.backoff, record.backoff_max, record.jitter),
                 # Celery checks .delay() arguments against this; keep the user's signature.
                 __header__=self.type_checker(fun, bound=bind),

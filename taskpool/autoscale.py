@@ -38,6 +38,7 @@ from celery.worker.autoscale import Autoscaler
 from celery.worker.control import control_command, nok, ok
 
 from .admission import waiting_count_of
+from .batching import batch_discount
 from .errors import ConfigurationError
 from .routing import pool_of_worker, redis_queue_keys
 from .settings import ENV_PREFIX, POOLS
@@ -662,11 +663,19 @@ class CallbackAutoscaler(Autoscaler):
 
     # -- measuring -----------------------------------------------------------------------------
     def _snapshot(self, now: float, current: int, sample: bool) -> PoolStats:
-        active = len(worker_state.active_requests)
+        # A batch takes one pool slot for all its inputs: count each batch once.
+        active_discount, reserved_discount = batch_discount(self.worker)
+        active = len(worker_state.active_requests) - active_discount
         # Requests the admission gate holds are reserved too, but they wait for slots, not for
         # pool capacity: count them apart so they do not make the pool grow.
         waiting = waiting_count_of(self.worker)
-        reserved = max(0, len(worker_state.reserved_requests) - active - waiting)
+        reserved = max(
+            0,
+            len(worker_state.reserved_requests)
+            - len(worker_state.active_requests)
+            - waiting
+            - reserved_discount,
+        )
         arrivals_rate, mean_runtime = 0.0, None
         if sample:
             self._queue_depth = self._read_queue_depth()
@@ -734,7 +743,7 @@ class CallbackAutoscaler(Autoscaler):
         free_count = getattr(getattr(self.pool, "_pool", None), "free_count", None)
         if self.pool_name == "gevent" and callable(free_count):
             return int(free_count())
-        return max(0, current - len(worker_state.active_requests))
+        return max(0, current - (len(worker_state.active_requests) - batch_discount(self.worker)[0]))
 
     def _grow(self, n: int) -> None:
         try:

@@ -38,6 +38,19 @@ class LeaseLost(TaskpoolError, RuntimeError):
     """A lease expired or vanished before its holder renewed it; its slots may be someone else's."""
 
 
+class QueueFull(TaskpoolError):
+    """A queue holds ``max_queue_length`` messages or more; nothing was published, try again later.
+
+    The message names the task, the queue, its length and the limit (like Modal's
+    "Resource Exhausted").
+    """
+
+
+class BatchError(TaskpoolError):
+    """A batched task's function broke the batch contract (e.g. returned the wrong number of
+    results); every input of that call fails with it, without retries."""
+
+
 ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
     TaskpoolError,
     ConfigurationError,
@@ -45,4 +58,6 @@ ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
     EmbeddedRedisError,
     SlotTimeout,
     LeaseLost,
+    QueueFull,
+    BatchError,
 )

@@ -6,13 +6,34 @@ slot indices with the request; the task reads them here. torch is imported only 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
+
+#: GPUs of the running batch (a batched task's function serves many requests at once).
+_batch_gpus: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "taskpool_batch_gpus", default=None
+)
+
+
+@contextlib.contextmanager
+def leased_gpus(gpus: list[int]) -> Iterator[None]:
+    """Make :func:`current_gpus` answer ``gpus`` in this block (a batch's leased GPUs)."""
+    token = _batch_gpus.set(list(gpus))
+    try:
+        yield
+    finally:
+        _batch_gpus.reset(token)
 
 
 def current_gpus() -> list[int]:
     """GPU indices leased to the running task (``[]`` outside a task or without ``gpu_slots``)."""
     from celery import current_task
 
+    batch = _batch_gpus.get()
+    if batch:
+        return [int(g) for g in batch]
     request = getattr(current_task, "request", None)
     gpus = getattr(request, "taskpool_gpus", None) if request is not None else None
     return [int(g) for g in gpus] if gpus else []

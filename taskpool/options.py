@@ -13,6 +13,7 @@ from typing import Any
 
 from celery.app.task import Task as CeleryTask
 
+from .batching import Batch
 from .errors import ConfigurationError
 from .settings import POOLS
 
@@ -28,6 +29,7 @@ TASKPOOL_OPTIONS = (
     "cluster_max_in_flight",
     "limits",
     "gpu_slots",
+    "batch",
 )
 
 #: Cap of a single retry wait when the task does not set ``backoff_max``, seconds (at most
@@ -70,6 +72,12 @@ class TaskOptions:
             timeout when that is shorter).
         jitter: full jitter: the wait is uniform in [0, capped backoff].
         retry_on: exception types that trigger a retry.
+        max_in_flight: at most this many run at once on one worker node.
+        cluster_max_in_flight: at most this many run at once across all workers.
+        limits: named limit -> slots each run occupies.
+        gpu_slots: GPU slots of its host each run holds.
+        batch: collect inputs into lists (:class:`~taskpool.batching.Batch`); limits and GPU
+            slots are then taken once per batch.
     """
 
     task: str
@@ -83,6 +91,7 @@ class TaskOptions:
     cluster_max_in_flight: int | None = None
     limits: Mapping[str, int] = field(default_factory=dict)
     gpu_slots: int = 0
+    batch: Batch | None = None
 
     @property
     def has_limits(self) -> bool:
@@ -205,6 +214,18 @@ class TaskOptions:
                 f"needs pool 'prefork' or 'threads', got {pool!r} "
                 "(CPU-bound work stalls the gevent hub and its lease renewal)",
             )
+        batch = o.get("batch")
+        if batch is not None:
+            if not isinstance(batch, Batch):
+                raise bad("batch", batch, "must be a taskpool.batching.Batch(max_size=..., wait_ms=...)")
+            if not _is_int(batch.max_size) or batch.max_size < 1:
+                raise bad("batch", batch, "needs max_size, an integer >= 1")
+            if not _is_number(batch.wait_ms) or batch.wait_ms < 0:
+                raise bad("batch", batch, "needs wait_ms, a number of milliseconds >= 0")
+            if batch.wait_ms / 1000.0 >= visibility_timeout:
+                raise bad(
+                    "batch", batch, f"waits past the broker's visibility timeout ({visibility_timeout:g} s)"
+                )
         return cls(
             task=task,
             pool=pool,
@@ -217,6 +238,7 @@ class TaskOptions:
             cluster_max_in_flight=o.get("cluster_max_in_flight"),
             limits=dict(limits),
             gpu_slots=gpu_slots,
+            batch=batch,
         )
 
 
