@@ -64,6 +64,11 @@ class Settings:
         lease_ttl: seconds a limit or GPU slot stays held by a worker that stopped renewing it
             (``TASKPOOL_LEASE_TTL``); live workers renew every ttl/3.
         config_module: dotted path of the project's config module (``TASKPOOL_CONFIG``).
+        map_max_outstanding: inputs of one ``task.map``/``starmap`` submitted but not yet
+            returned to the caller, at most (``TASKPOOL_MAP_MAX_OUTSTANDING``): backpressure.
+        max_queue_length: ``map``, ``starmap`` and ``spawn`` refuse to publish to a queue that
+            holds this many messages or more, with :class:`~taskpool.errors.QueueFull`
+            (``TASKPOOL_MAX_QUEUE_LENGTH``; 0, the default, means no limit).
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -74,6 +79,8 @@ class Settings:
     visibility_timeout: float = 3600.0
     lease_ttl: float = 30.0
     config_module: str = DEFAULT_CONFIG_MODULE
+    map_max_outstanding: int = 1000
+    max_queue_length: int = 0
 
     def __post_init__(self) -> None:
         if self.default_pool not in POOLS:
@@ -87,6 +94,19 @@ class Settings:
             )
         if not self.lease_ttl >= 0.1:
             raise ConfigurationError(f"setting lease_ttl: must be >= 0.1 seconds, got {self.lease_ttl!r}")
+        if isinstance(self.map_max_outstanding, bool) or not (
+            isinstance(self.map_max_outstanding, int) and self.map_max_outstanding >= 1
+        ):
+            raise ConfigurationError(
+                f"setting map_max_outstanding: must be an integer >= 1, got {self.map_max_outstanding!r}"
+            )
+        if isinstance(self.max_queue_length, bool) or not (
+            isinstance(self.max_queue_length, int) and self.max_queue_length >= 0
+        ):
+            raise ConfigurationError(
+                "setting max_queue_length: must be an integer >= 0 (0: no limit), "
+                f"got {self.max_queue_length!r}"
+            )
         if not self.visibility_timeout > 0:
             raise ConfigurationError(
                 f"setting visibility_timeout: must be > 0 seconds, got {self.visibility_timeout!r}"
@@ -138,6 +158,8 @@ TASKPOOL_SETTINGS: dict[str, Any] = {
     "visibility_timeout": float,
     "lease_ttl": float,
     "config_module": str,
+    "map_max_outstanding": int,
+    "max_queue_length": int,
 }
 # TASKPOOL_CONFIG is the documented name of config_module.
 _ENV_ALIASES = {"CONFIG": "config_module"}

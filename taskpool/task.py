@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import celery
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import aio
+from . import aio, batching
+from .errors import BatchError
 from .gpu import use_leased_device
 from .options import TaskOptions
 from .retry import Backoff, DeadLetter
@@ -57,6 +58,54 @@ class TaskpoolTask(celery.Task):
 
     request = property(_get_request)
 
+    # -- fan-out (taskpool.fanout); these replace Celery's canvas-building ``map``/``starmap``,
+    # -- which stay available as ``celery.canvas.xmap``/``xstarmap``.
+    def spawn(self, *args: Any, **kwargs: Any) -> Any:
+        """Send one call now; returns a :class:`~taskpool.fanout.Call` (``get``, ``status``, ``cancel``)."""
+        from .fanout import spawn
+
+        return spawn(self, args, kwargs)
+
+    def map(
+        self,
+        items: Any,
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call the task once per item (``task(item, **kwargs)``); yields the results."""
+        from .fanout import map_calls
+
+        return map_calls(
+            self,
+            (((item,), kwargs or {}) for item in items),
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+        )
+
+    def starmap(
+        self,
+        arg_tuples: Any,
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call the task once per tuple (``task(*args, **kwargs)``); yields the results."""
+        from .fanout import map_calls
+
+        return map_calls(
+            self,
+            ((tuple(args), kwargs or {}) for args in arg_tuples),
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+        )
+
     def dead_letter(self, exc: BaseException) -> None:
         """Keep a record of this request, which failed for good with ``exc``.
 
@@ -100,8 +149,16 @@ def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Calla
 
     gated = options.has_limits
     gpu = bool(options.gpu_slots)
+    batched = options.batch is not None
 
     def call(task: TaskpoolTask, args: Any, kwargs: Any) -> Any:
+        if batched:
+            # Inside a worker's batch the input's outcome is ready (taskpool.batching.run_batch);
+            # called any other way (eager, .apply(), directly) it is a batch of one.
+            outcome = batching.current_outcome()
+            if batching.outside_batch(outcome):
+                outcome = batching.eager_outcome(task, args, kwargs)
+            return batching.deliver(outcome)
         result = fun(task, *args, **kwargs) if bind else fun(*args, **kwargs)
         if asyncio.iscoroutine(result):
             result = aio.run(_with_request(task, task.request, result))
@@ -126,7 +183,7 @@ def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Calla
             raise
         except Exception as exc:  # KeyboardInterrupt, SystemExit, GreenletExit: not task failures
             done = task.request.retries or 0
-            if done >= retries or not isinstance(exc, retry_on):
+            if done >= retries or not isinstance(exc, retry_on) or isinstance(exc, BatchError):
                 task.dead_letter(exc)
                 raise
             countdown = task.backoff_policy.delay(done)
