@@ -11,15 +11,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import TaskPool
+    from .batching import Batch
     from .errors import ConfigurationError, TaskpoolError
     from .gpu import current_gpus, torch_device
     from .options import TaskOptions
 
-__all__ = ["ConfigurationError", "TaskOptions", "TaskPool", "TaskpoolError", "current_gpus", "torch_device"]
+__all__ = [
+    "Batch",
+    "ConfigurationError",
+    "TaskOptions",
+    "TaskPool",
+    "TaskpoolError",
+    "current_gpus",
+    "torch_device",
+]
 __version__ = "0.1.0"
 
 _WHERE = {
     "TaskPool": ".app",
+    "Batch": ".batching",
     "TaskOptions": ".options",
     "ConfigurationError": ".errors",
     "TaskpoolError": ".errors",

@@ -224,7 +224,14 @@ def summary_tables(report: DemoReport) -> list[Table]:
         gpu,
     )
     workers = Table(
-        "worker", "pool", "concurrency", "min-max", "autoscaler moves", "last move", "admitted/waited"
+        "worker",
+        "pool",
+        "concurrency",
+        "min-max",
+        "autoscaler moves",
+        "last move",
+        "admitted/waited",
+        "batched inputs/calls",
     )
     workers.title = "workers"
     for node, stats in sorted(report.workers.items()):
@@ -233,6 +240,7 @@ def summary_tables(report: DemoReport) -> list[Table]:
         decisions = scaler.get("decisions") or []
         last = scaler.get("last_decision")
         gate = stats.get("taskpool_admission") or {}
+        batches = stats.get("taskpool_batches") or {}
         workers.add_row(
             node,
             str(tp.get("pool") or "?"),
@@ -241,5 +249,6 @@ def summary_tables(report: DemoReport) -> list[Table]:
             str(len(decisions)) + ("+" if len(decisions) >= 20 else ""),
             f"{last['from']} -> {last['to']}: {last['reason']}" if last else "",
             f"{gate.get('admitted', 0)}/{gate.get('waited', 0)}" if gate else "",
+            "; ".join(f"{b['inputs']}/{b['batches']}" for b in batches.values() if b.get("inputs")),
         )
     return [steps, totals, workers]

@@ -16,6 +16,8 @@ from typing import Any
 from celery import chain
 from celery.signals import worker_process_init
 
+from taskpool import Batch
+
 from . import model
 from .app import app
 
@@ -53,16 +55,19 @@ def _fails(image_id: int, attempt: int) -> bool:
     return _digest(image_id, attempt) < rate * 2**32
 
 
-@app.task(pool="prefork")
-def run_model(item: dict[str, Any]) -> dict[str, Any]:
-    """Classify one image with the small torch model."""
+@app.task(pool="prefork", batch=Batch(max_size=16, wait_ms=20))
+def run_model(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Classify images with the small torch model, a batch at a time (callers send one image)."""
     import torch
 
-    x = torch.tensor(item["pixels"], dtype=torch.float32).reshape(1, *item["shape"])
+    x = torch.stack([torch.tensor(i["pixels"], dtype=torch.float32).reshape(*i["shape"]) for i in items])
     with torch.no_grad():
-        probs = torch.softmax(model.get()(x), dim=1)[0]
-    score, label = torch.max(probs, dim=0)
-    return {"image_id": item["image_id"], "label": int(label), "score": round(float(score), 6)}
+        probs = torch.softmax(model.get()(x), dim=1)
+    scores, labels = torch.max(probs, dim=1)
+    return [
+        {"image_id": i["image_id"], "label": int(label), "score": round(float(score), 6)}
+        for i, label, score in zip(items, labels, scores, strict=True)
+    ]
 
 
 @app.task(pool="threads")
