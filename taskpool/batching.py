@@ -160,14 +160,13 @@ def run_batch(
     trace: Callable[..., Any],
     task_name: str,
     items: list[tuple[Any, ...]],
-    calls: list[tuple[Any, Any]],
     gpus: list[int],
 ) -> list[Any]:
     """The pool job of one batch: call the function once, then trace each input with its outcome.
 
     ``items`` are the arguments Celery's pool job would get for each input
-    (``(type, id, request, body, content_type, content_encoding)``); returns what that job
-    would have returned, per input.
+    (``(type, id, request, body, content_type, content_encoding)``; the request holds the
+    decoded args and kwargs); returns what that job would have returned, per input.
     """
     from celery import current_app
 
@@ -177,6 +176,7 @@ def run_batch(
     with leased_gpus(gpus):
         if gpus:
             use_leased_device(gpus)
+        calls = [(list(item[2].get("args") or ()), dict(item[2].get("kwargs") or {})) for item in items]
         outcomes = call_batch(task_name, task.taskpool_function, calls)
     results = []
     for item, outcome in zip(items, outcomes, strict=True):
@@ -233,11 +233,10 @@ class BatchRequest:
             (m.type, m.task_id, m.request_dict, m.body, m.content_type, m.content_encoding)
             for m in self.members
         ]
-        calls = [(list(m.args or ()), dict(m.kwargs or {})) for m in self.members]
         gpus = list(self.request_dict.get("taskpool_gpus") or [])
         return self.batcher.apply_async(
             run_batch,
-            args=(trace, self.name, items, calls, gpus),
+            args=(trace, self.name, items, gpus),
             accept_callback=self.on_accepted,
             timeout_callback=self.on_timeout,
             callback=self.on_success,
