@@ -95,7 +95,9 @@ class Gate:
         self.node = consumer.hostname
         self.owner = f"{consumer.hostname}:{os.getpid()}"
         self.limits = LimitStore(client, app.settings.keyspace)
-        self.keeper = LeaseKeeper(on_lost=self._lost).start()
+        # Pool processes free a lease when the task function returns (release_in_pool), before
+        # this process hears of it: a renewal that finds it gone then is no loss.
+        self.keeper = LeaseKeeper(on_lost=self._lost, grace=min(5.0, ttl / 3)).start()
         self._gpus: int | None = None
         self._sizes: dict[str, int | None] = {}
         self._sizes_at = 0.0
@@ -221,6 +223,10 @@ class Gate:
         if gpus:
             # Travels with the request to the pool child: task.request.taskpool_gpus.
             request.request_dict["taskpool_gpus"] = gpus
+        # So the pool process frees the slots as soon as the task function returns.
+        request.request_dict["taskpool_leases"] = [
+            [sem.name, sem.capacity, lease.token] for sem, lease in got
+        ]
         with self._lock:
             self._held[_key_of(request)] = got
         return True
@@ -302,7 +308,7 @@ class Gate:
         for sem, lease in held:
             self.keeper.remove(lease)
             try:
-                sem.release(lease)
+                sem.release(lease, missing_ok=True)  # the pool process may have released it first
             except redis.RedisError:
                 logger.exception("taskpool: could not release %s; it frees itself at lease expiry", sem.name)
         self.stats["released"] += 1
@@ -514,6 +520,28 @@ def restore_messages(consumer: Any, tags: list[str]) -> int:
                 "taskpool: could not restore message %s; it returns after the visibility timeout", tag
             )
     return restored
+
+
+def release_in_pool(app: Any, leases: list[Any] | None) -> None:
+    """Free a task's slots in the pool process, the moment its function returned.
+
+    The next waiter then starts without waiting for the result to be stored, reported to the
+    main process and acknowledged (a prefork hand-off costs several milliseconds). The main
+    process still releases the leases when it hears of the end (a no-op by then), and alone
+    when the pool process died. ``leases``: ``[[semaphore, capacity, token], ...]`` from the
+    request (:meth:`Gate._try`).
+    """
+    if not leases:
+        return
+    settings = app.settings
+    for name, capacity, token in leases:
+        try:
+            sem = Semaphore(app.redis, name, int(capacity), settings.lease_ttl, keyspace=settings.keyspace)
+            sem.release_token(str(token))
+        except Exception:  # the main process releases it when the task's end reaches it
+            logger.warning(
+                "taskpool: could not release %s from the pool; the worker will", name, exc_info=True
+            )
 
 
 def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:

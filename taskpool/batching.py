@@ -161,6 +161,7 @@ def run_batch(
     task_name: str,
     items: list[tuple[Any, ...]],
     gpus: list[int],
+    leases: list[Any] | None = None,
 ) -> list[Any]:
     """The pool job of one batch: call the function once, then trace each input with its outcome.
 
@@ -177,7 +178,13 @@ def run_batch(
         if gpus:
             use_leased_device(gpus)
         calls = [(list(item[2].get("args") or ()), dict(item[2].get("kwargs") or {})) for item in items]
-        outcomes = call_batch(task_name, task.taskpool_function, calls)
+        try:
+            outcomes = call_batch(task_name, task.taskpool_function, calls)
+        finally:
+            if leases:
+                from .admission import release_in_pool
+
+                release_in_pool(task.app, leases)
     results = []
     for item, outcome in zip(items, outcomes, strict=True):
         token = _outcome.set(outcome)
@@ -234,9 +241,10 @@ class BatchRequest:
             for m in self.members
         ]
         gpus = list(self.request_dict.get("taskpool_gpus") or [])
+        leases = self.request_dict.get("taskpool_leases")
         return self.batcher.apply_async(
             run_batch,
-            args=(trace, self.name, items, gpus),
+            args=(trace, self.name, items, gpus, leases),
             accept_callback=self.on_accepted,
             timeout_callback=self.on_timeout,
             callback=self.on_success,

@@ -178,7 +178,12 @@ def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Calla
                     return call(task, args, kwargs)
             if gpu:
                 use_leased_device(getattr(request, "taskpool_gpus", None) or [])
-            return call(task, args, kwargs)
+            try:
+                return call(task, args, kwargs)
+            finally:
+                from .admission import release_in_pool
+
+                release_in_pool(task.app, getattr(request, "taskpool_leases", None))
         except _CONTROL_FLOW:
             raise
         except Exception as exc:  # KeyboardInterrupt, SystemExit, GreenletExit: not task failures

@@ -63,6 +63,24 @@ def on_gpu(key: str, seconds: float) -> dict[str, Any]:
     return record(key, seconds, device=str(torch_device()))
 
 
+class RecordsHoldersAfterReturn(app.Task):  # type: ignore[name-defined,misc]
+    """Runs ``after_return`` in the pool process, after the result was stored and before the
+    worker's main process hears of the end: records who holds the task's GPU slot then."""
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        from taskpool.semaphores import holders_of
+
+        holders = [h.task_id for h in holders_of(app.redis, f"gpu:{os.uname().nodename}", keyspace="lim")]
+        push(f"{args[0]}:holders_after_return", json.dumps({"task": task_id, "holders": holders}))
+
+
+@app.task(pool="prefork", gpu_slots=1, base=RecordsHoldersAfterReturn)
+def on_gpu_then_check(key: str, seconds: float) -> dict[str, Any]:
+    return record(key, seconds)
+
+
 @app.task(pool="threads", limits={"license:test": 1})
 def licensed(key: str, seconds: float) -> dict[str, Any]:
     return record(key, seconds)

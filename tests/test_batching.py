@@ -52,7 +52,7 @@ def test_batch_option_is_validated_at_declaration(bat: Any) -> None:
         bat.app.task(name="bad", batch=Batch(max_size=0))(lambda xs: xs)
     with pytest.raises(ConfigurationError, match=r"task 'bad2': batch=\{'max_size': 4\}"):
         bat.app.task(name="bad2", batch={"max_size": 4})(lambda xs: xs)
-    with pytest.raises(ConfigurationError, match="bad3.*bind=True"):
+    with pytest.raises(ConfigurationError, match=r"bad3.*bind=True"):
         bat.app.task(name="bad3", bind=True, batch=Batch())(lambda self, xs: xs)
 
     def star(*xs: Any) -> Any:
@@ -65,7 +65,8 @@ def test_batch_option_is_validated_at_declaration(bat: Any) -> None:
 def test_eager_call_is_a_batch_of_one(bat: Any) -> None:
     assert bat.double.apply(args=(21,)).get() == 42
     assert bat.double(5) == 10
-    with pytest.raises(BatchError, match="called with 2 inputs, returned 1 results|one result per input"):
+    pattern = r"'tests.batch_app.short' must return a list .* called with 1 inputs, returned 0 results"
+    with pytest.raises(BatchError, match=pattern):
         bat.short.apply(args=(1,)).get()
 
 

@@ -92,6 +92,18 @@ def test_gpu_slots_give_distinct_devices_and_never_a_third(lim: Any, start_worke
         assert all(o["gpus"] != e["gpus"] for o in overlapping), (e, overlapping)
 
 
+def test_pool_process_frees_the_slot_as_soon_as_the_function_returns(lim: Any, start_worker: Any) -> None:
+    """The next waiter need not wait for the result to be stored and reported to the main process."""
+    start_worker("prefork", "gpuearly", 2, TASKPOOL_GPUS="1")
+    key = f"gpuearly-{os.urandom(3).hex()}"
+    for r in [lim.on_gpu_then_check.delay(key, 0.1) for _ in range(3)]:
+        r.get(timeout=60)
+    seen = [json.loads(x) for x in lim.app.redis.lrange(f"{key}:holders_after_return", 0, -1)]
+    assert len(seen) == 3
+    for entry in seen:
+        assert entry["task"] not in entry["holders"], entry  # already released by the pool process
+
+
 def test_worker_without_gpu_slots_never_takes_a_gpu_task(lim: Any, start_worker: Any) -> None:
     worker = start_worker("prefork", "nogpu", 2, TASKPOOL_GPUS="0")
     log = worker.log()

@@ -380,6 +380,25 @@ def test_lease_keeper_reports_a_lost_lease(make_sem: SemFactory, caplog: pytest.
     assert any(lease.token in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
+def test_lease_keeper_grace_for_leases_released_by_another_process(make_sem: SemFactory) -> None:
+    """A pool process releases by token; the keeper waits ``grace`` before calling the lease lost."""
+    sem = make_sem(capacity=2, ttl=0.3)
+    released, stolen = sem.acquire("a"), sem.acquire("a")
+    lost: list[Lease] = []
+    with LeaseKeeper(on_lost=lambda lease, exc: lost.append(lease), grace=0.5) as keeper:
+        keeper.add(sem, released)
+        keeper.add(sem, stolen)
+        assert sem.release_token(released.token) == 1  # "the pool process" frees it
+        sem.client.zadd(sem.keys.leases, {stolen.token: 0}, xx=True)  # this one is really lost
+        time.sleep(0.2)  # a renewal (every 0.1 s) has found both gone
+        keeper.remove(released)  # "the main process" hears of the end within the grace period
+        wait_for(lambda: lost, timeout=5, interval=0.02, what="the keeper to report the loss")
+        time.sleep(0.3)
+    assert lost == [stolen]
+    with_missing_ok = sem.release(released, missing_ok=True)
+    assert with_missing_ok is False  # already free, and no warning asked for
+
+
 def test_semaphores_package_imports_only_redis_and_stdlib() -> None:
     import sys
 

@@ -22,6 +22,7 @@ class _Entry:
     semaphore: Semaphore
     lease: Lease
     due: float  # time.monotonic() of the next renewal
+    suspect: LeaseLost | None = None  # renewal found it gone; reported unless removed within grace
 
 
 class LeaseKeeper:
@@ -32,11 +33,17 @@ class LeaseKeeper:
     is reported lost only when Redis says so.
 
     Call :meth:`remove` before :meth:`Semaphore.release`, so a renewal racing the release is
-    not reported as a loss.
+    not reported as a loss. With ``grace`` > 0, a lease whose renewal finds it gone is reported
+    only if it is still registered ``grace`` seconds later: for leases another process may
+    release first (taskpool's pool processes free their slots when the task function returns,
+    before the main process hears of it and removes the lease here).
     """
 
-    def __init__(self, on_lost: OnLost | None = None, *, name: str = "taskpool-lease-keeper") -> None:
+    def __init__(
+        self, on_lost: OnLost | None = None, *, name: str = "taskpool-lease-keeper", grace: float = 0.0
+    ) -> None:
         self.on_lost = on_lost
+        self.grace = grace
         self._name = name
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -87,10 +94,17 @@ class LeaseKeeper:
             due = [entry for entry in self._entries.values() if entry.due <= now]
         for entry in due:
             period = entry.semaphore.ttl / 3
+            if entry.suspect is not None:
+                self._lost(entry, entry.suspect)  # still held here after the grace period
+                continue
             try:
                 entry.semaphore.renew(entry.lease)
             except LeaseLost as exc:
-                self._lost(entry, exc)
+                if self.grace > 0:
+                    entry.suspect = exc
+                    entry.due = time.monotonic() + self.grace
+                else:
+                    self._lost(entry, exc)
                 continue
             except redis.RedisError as exc:
                 # Redis may be restarting; the lease is not known lost, so retry well within the ttl.

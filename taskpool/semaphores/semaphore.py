@@ -265,12 +265,16 @@ class Semaphore:
         lease.expires_at = reply / 1000.0
         return lease.expires_at
 
-    def release(self, lease: Lease) -> bool:
-        """Free the lease's slots and wake waiters. ``False`` (and a log record) if it held none."""
+    def release(self, lease: Lease, *, missing_ok: bool = False) -> bool:
+        """Free the lease's slots and wake waiters. ``False`` (and a log record) if it held none.
+
+        ``missing_ok``: a lease its holder may have released already (see :meth:`release_token`)
+        is no cause for a warning.
+        """
         self._check_lease(lease)
-        reply = int(self._release_script(self.keys.as_list(), [lease.token, self._capacity]))
-        if reply > 0:
-            return True
+        reply = self.release_token(lease.token)
+        if reply > 0 or (reply == 0 and missing_ok):
+            return reply > 0
         if reply == -1:
             log.error(
                 "semaphore %r: lease %s of %r on slots %s (fence %d) had expired before its release: "
@@ -283,6 +287,11 @@ class Semaphore:
                 self.name, lease.token, lease.owner,
             )  # fmt: skip
         return False
+
+    def release_token(self, token: str) -> int:
+        """Free the slots of the lease ``token`` (from any process): release.lua's reply, the
+        number of slots freed, 0 if it held none, -1 if it had expired unreaped."""
+        return int(self._release_script(self.keys.as_list(), [token, self._capacity]))
 
     def release_owner(self, owner: str, *, prefix: bool = False) -> int:
         """Free every slot held by ``owner`` (or by every owner starting with it); returns how many."""
