@@ -456,6 +456,7 @@ class CallbackAutoscaler(Autoscaler):
         self._arrivals = 0
         self._samples: deque[tuple[float, int, int, int]] = deque()  # (t, arrivals, completed, active)
         self._queue_depth = 0
+        self._incoming: Any = None  # the request Celery is handing on while it calls maybe_scale
         self._redis = self._queue_keys = None
         if app is not None:
             self._redis, self._queue_keys = _queue_probe(app)
@@ -482,7 +483,12 @@ class CallbackAutoscaler(Autoscaler):
             if req is None:
                 self._tick(sample=True)
             else:
-                self._on_message()
+                # Celery calls this between reserving the request and handing it on.
+                self._incoming = req
+                try:
+                    self._on_message()
+                finally:
+                    self._incoming = None
         except Exception as exc:  # any exception here would kill the worker
             self._fault("internal", exc, exc_info=True)
 
@@ -664,7 +670,7 @@ class CallbackAutoscaler(Autoscaler):
     # -- measuring -----------------------------------------------------------------------------
     def _snapshot(self, now: float, current: int, sample: bool) -> PoolStats:
         # A batch takes one pool slot for all its inputs: count each batch once.
-        active_discount, reserved_discount = batch_discount(self.worker)
+        active_discount, reserved_discount = batch_discount(self.worker, incoming=self._incoming)
         active = len(worker_state.active_requests) - active_discount
         # Requests the admission gate holds are reserved too, but they wait for slots, not for
         # pool capacity: count them apart so they do not make the pool grow.

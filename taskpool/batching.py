@@ -213,7 +213,7 @@ class BatchRequest:
         self.id = f"batch-{os.getpid()}-{next(_batch_ids)}"
         self.request_dict: dict[str, Any] = {}  # the gate puts the leased GPUs here
         self.message = None
-        self.time_start: float | None = None
+        self.accepted = False  # a pool process took it: its members are Celery's active requests
 
     def __repr__(self) -> str:
         return f"<BatchRequest {self.name}[{self.id}] of {len(self.members)}>"
@@ -255,6 +255,7 @@ class BatchRequest:
         )
 
     def on_accepted(self, pid: Any, time_accepted: float) -> None:
+        self.accepted = True
         for member in self.members:
             member.on_accepted(pid, time_accepted)
 
@@ -287,6 +288,7 @@ class BatchRequest:
             self._done()
 
     def _done(self) -> None:
+        self.batcher.finished(self)
         for member in self.members:
             self.batcher.done(member)
 
@@ -308,6 +310,7 @@ class Batcher:
         self.max_lent = self.batch.max_size * max(1, int(processes))
         self._timer_entry: Any = None
         self._lock = threading.RLock()
+        self.running: set[BatchRequest] = set()  # flushed, not finished (waiting, queued or running)
         self.stats = {"batches": 0, "inputs": 0, "largest": 0}
 
     # Celery's strategy hands requests here instead of to the pool.
@@ -351,6 +354,8 @@ class Batcher:
         batch = BatchRequest(self, members)
         if batch.revoked():
             return
+        with self._lock:
+            self.running.add(batch)
         self.stats["batches"] += 1
         self.stats["inputs"] += len(batch.members)
         self.stats["largest"] = max(self.stats["largest"], len(batch.members))
@@ -360,9 +365,14 @@ class Batcher:
             pass
         except Exception:
             logger.exception("taskpool: could not start %r; its inputs go back to the queue", batch)
+            self.finished(batch)
             for member in batch.members:
                 member.reject(requeue=True)
                 self.done(member)
+
+    def finished(self, batch: BatchRequest) -> None:
+        with self._lock:
+            self.running.discard(batch)
 
     def done(self, request: Any) -> None:
         """A member left the worker (acked, rejected, revoked): end its prefetch loan."""
@@ -375,6 +385,21 @@ class Batcher:
     def buffered(self) -> int:
         with self._lock:
             return len(self.buffer)
+
+    def discount(self, incoming: int = 0) -> tuple[int, int]:
+        """Inputs beyond one per batch, among Celery's active and its other reserved requests
+        (``incoming``: requests reserved but not handed to the batcher yet)."""
+        with self._lock:
+            n = len(self.buffer) + incoming
+            reserved = n - math.ceil(n / self.batch.max_size)
+            active = 0
+            for batch in self.running:
+                extra = max(0, len(batch.members) - 1)
+                if batch.accepted:
+                    active += extra
+                else:
+                    reserved += extra
+        return active, reserved
 
     def connection_lost(self) -> list[Any]:
         """Forget the buffered requests and return them: their channel closed, so their messages
@@ -425,28 +450,20 @@ def batchers_of(consumer: Any) -> dict[str, Batcher]:
     return batchers
 
 
-def batch_discount(worker: Any) -> tuple[int, int]:
+def batch_discount(worker: Any, incoming: Any = None) -> tuple[int, int]:
     """How many of Celery's active and reserved requests are batch inputs beyond the first of
     each batch: a batch takes one pool slot, so the autoscaler counts it once.
 
     Returns ``(active, reserved)`` to subtract from ``len(active_requests)`` and the reserved
-    count; ``(0, 0)`` on a worker without batched tasks.
+    count; ``(0, 0)`` on a worker without batched tasks. ``incoming``: a request Celery has
+    reserved but not yet handed to its batcher (the autoscaler hears of messages in between).
     """
     batchers = getattr(getattr(worker, "consumer", None), "taskpool_batchers", None)
-    if not batchers:
-        return 0, 0
-    from celery.worker.state import active_requests
-
-    names = set(batchers)
-    per_task: dict[str, int] = {}
-    for request in list(active_requests):
-        if request.name in names:
-            per_task[request.name] = per_task.get(request.name, 0) + 1
-    active = sum(n - math.ceil(n / batchers[name].batch.max_size) for name, n in per_task.items())
-    reserved = 0
-    for batcher in batchers.values():
-        n = batcher.buffered()
-        reserved += n - math.ceil(n / batcher.batch.max_size)
+    active = reserved = 0
+    for batcher in (batchers or {}).values():
+        a, r = batcher.discount(1 if getattr(incoming, "name", None) == batcher.task.name else 0)
+        active += a
+        reserved += r
     return active, reserved
 
 

@@ -99,6 +99,14 @@ async def echo_async(xs: list[str]) -> list[str]:
     return [x.upper() for x in xs]
 
 
+@app.task(pool="threads", batch=Batch(max_size=8, wait_ms=5000))
+def slow_batch(xs: list[int]) -> list[int]:
+    """Eight inputs, one call of a second: one pool slot's worth of work."""
+    record("slow_batch", xs)
+    time.sleep(1.0)
+    return xs
+
+
 @app.task(pool="threads")
 def describe(value: Any) -> str:
     """A plain task after a batched one in a chain."""

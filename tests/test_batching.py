@@ -187,3 +187,21 @@ def test_async_batched_task_on_gevent(bat: Any, redis_url: str, tmp_path: Path) 
         assert sorted(sizes) == [2, 5], sizes  # one full batch by size, the rest after wait_ms
     finally:
         worker.stop()
+
+
+def test_autoscaler_counts_a_batch_once(bat: Any, redis_url: str, tmp_path: Path) -> None:
+    """Eight buffered or running inputs of one batch need one pool slot, not eight."""
+    worker = Worker(
+        "tests.batch_app", "threads", redis_url, tmp_path, name="bscale", extra_args=("--autoscale=8,1",)
+    )
+    worker.start(bat.app)
+    try:
+        results = [bat.slow_batch.delay(x) for x in range(8)]
+        assert [r.get(timeout=30) for r in results] == list(range(8))
+        assert [c["size"] for c in calls(bat, "slow_batch")] == [8]
+        stats = bat.app.control.inspect(destination=[worker.hostname], timeout=5).stats()[worker.hostname]
+        scaler = stats["autoscaler"]
+        moves = [(d["from"], d["to"], d["reason"]) for d in scaler["decisions"]]
+        assert all(to <= 2 for _, to, _ in moves), moves  # demand 1 batch + buffer 1
+    finally:
+        worker.stop()
