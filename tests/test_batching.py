@@ -191,12 +191,12 @@ def test_async_batched_task_on_gevent(bat: Any, redis_url: str, tmp_path: Path) 
 
 def test_autoscaler_counts_a_batch_once(bat: Any, redis_url: str, tmp_path: Path) -> None:
     """Eight buffered or running inputs of one batch need one pool slot, not eight."""
-    worker = Worker(
-        "tests.batch_app", "threads", redis_url, tmp_path, name="bscale", extra_args=("--autoscale=8,1",)
-    )
+    # A queue of its own: the module's threads worker must not take half the inputs.
+    args = ("--autoscale=8,1", "-Q", "bat.scale")
+    worker = Worker("tests.batch_app", "threads", redis_url, tmp_path, name="bscale", extra_args=args)
     worker.start(bat.app)
     try:
-        results = [bat.slow_batch.delay(x) for x in range(8)]
+        results = [bat.slow_batch.apply_async((x,), queue="bat.scale") for x in range(8)]
         assert [r.get(timeout=30) for r in results] == list(range(8))
         assert [c["size"] for c in calls(bat, "slow_batch")] == [8]
         stats = bat.app.control.inspect(destination=[worker.hostname], timeout=5).stats()[worker.hostname]
