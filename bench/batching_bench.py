@@ -17,11 +17,9 @@ Reports the median items/s of each and the ratios batched/plain and batched/per-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.procs import stop  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "batching.json"
 CONCURRENCY = 2
 BATCH = 32
@@ -67,18 +67,6 @@ def start_worker(kind: str, broker: str, log: Path) -> subprocess.Popen[bytes]:
             argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_items(task: Any, data: list[int], timeout: float) -> float:
@@ -127,7 +115,7 @@ def measure(kind: str, broker: str, tasks: list[str], data: list[int], log: Path
             out[name] = len(data) / run_items(task, data, timeout=120 + len(data) / 10)
         return out
     finally:
-        stop_worker(proc)
+        stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

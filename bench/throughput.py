@@ -12,7 +12,6 @@ median of each side is reported. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
@@ -85,18 +84,11 @@ class Worker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (warm shutdown), SIGKILL after ``timeout``; then SIGKILL any leftover of its group."""
+        from bench.procs import stop  # main() put the repository on sys.path
+
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the group is the worker's own session: its pool children
+        if proc is not None:
+            stop(proc, timeout)  # the group is the worker's own session: its pool children
 
 
 def run_tasks(task: Any, n: int, timeout: float) -> float:

@@ -76,11 +76,9 @@ class TaskpoolTask(celery.Task):
         timeout: float | None = None,
     ) -> Any:
         """Call the task once per item (``task(item, **kwargs)``); yields the results."""
-        from .fanout import map_calls
-
-        return map_calls(
-            self,
-            (((item,), kwargs or {}) for item in items),
+        return self.starmap(
+            ((item,) for item in items),
+            kwargs=kwargs,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
             timeout=timeout,
