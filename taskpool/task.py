@@ -75,9 +75,16 @@ class TaskpoolTask(celery.Task):
         return_exceptions: bool = False,
         timeout: float | None = None,
     ) -> Any:
-        """Call the task once per item (``task(item, **kwargs)``); yields the results."""
-        return self.starmap(
-            ((item,) for item in items),
+        """Call the task once per item (``task(item, **kwargs)``); yields the results.
+
+        See :mod:`taskpool.fanout`: pipelined, with backpressure; ``order_outputs=False`` yields
+        in completion order; ``return_exceptions=True`` yields a failure's exception in its place.
+        """
+        from .fanout import map_items
+
+        return map_items(
+            self,
+            items,
             kwargs=kwargs,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
@@ -94,11 +101,12 @@ class TaskpoolTask(celery.Task):
         timeout: float | None = None,
     ) -> Any:
         """Call the task once per tuple (``task(*args, **kwargs)``); yields the results."""
-        from .fanout import map_calls
+        from .fanout import starmap_items
 
-        return map_calls(
+        return starmap_items(
             self,
-            ((tuple(args), kwargs or {}) for args in arg_tuples),
+            arg_tuples,
+            kwargs=kwargs,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
             timeout=timeout,
