@@ -118,45 +118,33 @@ def measure(kind: str, broker: str, tasks: list[str], data: list[int], log: Path
         stop(proc)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="see bench/apps/batch_apps.py")
-    args = parser.parse_args(argv)
-    os.environ["BENCH_MODEL"] = args.model
-
-    from taskpool.embedded import RedisServer, free_port
-
-    data = images(args.items)
+def run(base_url: str, items: int, rounds: int, model: str, tmp: Path) -> dict[str, Any]:
+    """The measurements on the Redis server at ``base_url`` (plain Celery on db 1, taskpool on
+    db 2); one worker at a time, the order alternating between rounds."""
+    os.environ["BENCH_MODEL"] = model
+    data = images(items)
     runs: dict[str, list[float]] = {"plain per item": [], "taskpool per item": [], "taskpool batched": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp) / "redis", port=free_port(), appendonly=False)
-        with server:
-            base = server.url.rsplit("/", 1)[0]
-            log = Path(tmp) / "workers.log"
-            for r in range(args.rounds):
-                order = ["plain", "taskpool"] if r % 2 == 0 else ["taskpool", "plain"]
-                for kind in order:
-                    db = 1 if kind == "plain" else 2
-                    tasks = ["classify"] if kind == "plain" else ["classify", "classify_batched"]
-                    got = measure(kind, f"{base}/{db}", tasks, data, log)
-                    if kind == "plain":
-                        runs["plain per item"].append(got["classify"])
-                    else:
-                        runs["taskpool per item"].append(got["classify"])
-                        runs["taskpool batched"].append(got["classify_batched"])
-                print(
-                    f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in runs.items()), flush=True
-                )
+    log = tmp / "batching-workers.log"
+    for r in range(rounds):
+        order = ["plain", "taskpool"] if r % 2 == 0 else ["taskpool", "plain"]
+        for kind in order:
+            db = 1 if kind == "plain" else 2
+            tasks = ["classify"] if kind == "plain" else ["classify", "classify_batched"]
+            got = measure(kind, f"{base_url}/{db}", tasks, data, log)
+            if kind == "plain":
+                runs["plain per item"].append(got["classify"])
+            else:
+                runs["taskpool per item"].append(got["classify"])
+                runs["taskpool batched"].append(got["classify_batched"])
+        print(
+            f"batching round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in runs.items()), flush=True
+        )
     alone = model_alone(data[: min(len(data), 512)])
     medians = {k: round(statistics.median(v), 1) for k, v in runs.items()}
-    result = {
-        "items": args.items,
-        "rounds": args.rounds,
-        "model": args.model,
+    return {
+        "items": items,
+        "rounds": rounds,
+        "model": model,
         "batch": {"max_size": BATCH, "wait_ms": 10},
         "worker": f"prefork -c {CONCURRENCY}",
         "items_per_second": medians,
@@ -166,12 +154,42 @@ def main(argv: list[str] | None = None) -> int:
             medians["taskpool batched"] / medians["taskpool per item"], 2
         ),
         "model_alone_items_per_second": alone,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def print_result(result: dict[str, Any]) -> None:
+    ips = result["items_per_second"]
+    print(
+        f"batched model task, {result['items']} inputs, model {result['model']}, {result['worker']} (median)"
+    )
+    for name, value in ips.items():
+        print(f"  {name:<20} {value:>8.1f} items/s")
+    print(f"  batched / plain Celery per item: {result['ratio_batched_vs_plain']:.2f}")
+    print(f"  batched / taskpool per item:     {result['ratio_batched_vs_taskpool_per_item']:.2f}")
+    alone = result["model_alone_items_per_second"]
+    print(f"  the model alone, one process: {alone['per_item']}/s per item, {alone['batched']}/s in 32s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="see bench/apps/batch_apps.py")
+    args = parser.parse_args(argv)
+
+    from taskpool.embedded import RedisServer, free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp) / "redis", port=free_port(), appendonly=False)
+        with server:
+            result = run(server.url.rsplit("/", 1)[0], args.items, args.rounds, args.model, Path(tmp))
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    result["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print_result(result)
     return 0
 
 

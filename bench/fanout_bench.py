@@ -1,6 +1,10 @@
 """Fan-out: the cost of publishing N inputs, taskpool's pipelined publish against ``.delay()`` loops.
 
-    .venv/bin/python bench/fanout_bench.py [--inputs N] [--rounds R]
+    .venv/bin/python bench/fanout_bench.py [--inputs N] [--rounds R] [--batch-items M] [--batch-rounds B]
+
+Two sections in one run: the publish cost of fan-out (below), then batching
+(``bench/batching_bench.py``: a batched model task against the same model per item, through
+real prefork workers, plain Celery and taskpool; ``--batch-items 0`` skips it).
 
 Starts its own redis-server (never the machine's); plain Celery uses Redis db 1, taskpool db 2.
 No worker runs: this times the publish phase only. Each round, in alternating order:
@@ -238,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=10_000, help="messages per run (default 10000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, order rotating (default 3)")
+    parser.add_argument("--batch-items", type=int, default=1000, help="inputs per batching run (0: skip)")
+    parser.add_argument("--batch-rounds", type=int, default=3, help="batching rounds (default 3)")
+    parser.add_argument(
+        "--batch-model", choices=("mlp", "cnn"), default="mlp", help="bench/apps/batch_apps.py"
+    )
     args = parser.parse_args(argv)
     if args.inputs < 1 or args.rounds < 1:
         parser.error("--inputs and --rounds must be >= 1")
@@ -282,6 +291,15 @@ def main(argv: list[str] | None = None) -> int:
             sections["fanout_publish"] = bench_fanout_publish(args, clients, tasks)
             print_fanout_publish(sections["fanout_publish"])
             # -- further sections go here: each adds sections["<name>"] = <dict> and prints its table.
+            if args.batch_items > 0:
+                from bench import batching_bench
+
+                for client in clients.values():
+                    client.flushdb()
+                sections["batching"] = batching_bench.run(
+                    base, args.batch_items, args.batch_rounds, args.batch_model, Path(tmp)
+                )
+                batching_bench.print_result(sections["batching"])
         finally:
             gc.collect()  # results still referenced from cycles unsubscribe now, while Redis is up
             server.stop()
