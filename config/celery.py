@@ -24,9 +24,8 @@ task_reject_on_worker_lost = True
 # Retry waits are kept below it. Longer than your longest task, or it runs twice.
 visibility_timeout = 3600.0
 
-# Reserve one message per process/thread/greenlet at a time: work stays in Redis
-# where any idle worker can take it.
-worker_prefetch_multiplier = 1
+# Prefetch: taskpool chooses the multiplier per pool (prefork and threads 1, gevent 2; see
+# the README's "Prefetch"). Set worker_prefetch_multiplier here only to override that.
 
 # Results: kept a day, with task name, args, worker and retries (AsyncResult.retries).
 result_expires = 86400

@@ -18,6 +18,7 @@ from .retry import Backoff, DeadLetterStore
 from .routing import Router, pool_of_worker, queues
 from .settings import DEFAULTS, TASKPOOL_SETTINGS, Settings, celery_env_overrides, load_config_module
 from .task import TaskpoolTask, make_run
+from .tuning import GreenCreditStep, tune_worker
 
 logger = logging.getLogger("taskpool")
 
@@ -87,6 +88,7 @@ class TaskPool(Celery):
         from .metrics import MetricsStep
         from .stats import StatsStep
 
+        self.steps["consumer"].add(GreenCreditStep)  # gevent: a full prefetch window never stalls
         self.steps["consumer"].add(StatsStep)  # `taskpool` in inspect stats (Flower's worker page)
         self.steps["worker"].add(MetricsStep)  # /metrics when TASKPOOL_METRICS_PORT is set
         signals.celeryd_init.connect(self._on_celeryd_init, weak=False)
@@ -117,6 +119,15 @@ class TaskPool(Celery):
             )
             bind = bool(celery_opts.pop("bind", False))
             celery_opts.pop("name", None)
+            if celery_opts.get("shared"):
+                raise ConfigurationError(
+                    f"task {name!r}: shared=True would add it to every Celery app in the process, "
+                    "where taskpool's pools, limits and retries do not apply; a taskpool task belongs "
+                    "to its TaskPool app (send it from another app with send_task)"
+                )
+            # Not shared: Celery would otherwise add the task to every app of the process (a plain
+            # celery.Celery app too, whose worker cannot run taskpool's strategies).
+            celery_opts["shared"] = False
             celery_opts.setdefault("base", self.Task)
             if not issubclass(celery_opts["base"], TaskpoolTask):
                 raise ConfigurationError(
@@ -176,6 +187,7 @@ class TaskPool(Celery):
         # The command line's -Q is only visible here; worker_init comes after the queues are set.
         if getattr(instance, "app", None) is self:
             instance.taskpool_cli_queues = (options or {}).get("queues")
+            instance.taskpool_cli_prefetch = (options or {}).get("prefetch_multiplier")
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self:
@@ -192,24 +204,7 @@ class TaskPool(Celery):
         from .autoscale import configure_worker  # worker-only machinery: not imported by clients
 
         configure_worker(self, sender)
-        self._size_broker_connection_pool(sender, pool)
-
-    def _size_broker_connection_pool(self, worker: Any, pool: str) -> None:
-        """Give threads and gevent workers a broker connection per slot.
-
-        With late acks every thread or greenlet acks on a connection of its own, and kombu's
-        Redis transport allows 10 by default: past that, acks fail with MaxConnectionsError and
-        the unacked messages wait for the visibility timeout (celery/celery#1350).
-        """
-        if pool not in ("threads", "gevent"):
-            return
-        options = dict(self.conf.broker_transport_options or {})
-        if "max_connections" in options:
-            return  # the user's choice
-        autoscale = worker.options.get("autoscale") or [0]
-        concurrency = worker.concurrency if isinstance(worker.concurrency, int) else 0
-        options["max_connections"] = max(concurrency, int(autoscale[0] or 0)) + 16
-        self.conf.broker_transport_options = options
+        tune_worker(self, sender, pool)  # prefetch, result backend, broker connections per pool
 
     def _serves_gpu_tasks(self, pool: str) -> bool:
         """Whether this worker takes ``pool``'s GPU tasks: only where the host has GPU slots."""

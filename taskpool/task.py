@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import celery
+from celery import _state as celery_state
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import aio, batching
@@ -37,6 +38,32 @@ _coroutine_request: contextvars.ContextVar[tuple[celery.Task, Any] | None] = con
 async def _with_request(task: celery.Task, request: Any, coro: Coroutine[Any, Any, Any]) -> Any:
     _coroutine_request.set((task, request))
     return await coro
+
+
+def _current_task() -> Any:
+    """``celery.current_task``, seen from inside coroutines too (see :func:`_follow_coroutines`)."""
+    current = _coroutine_request.get()
+    return current[0] if current is not None else celery_state.get_current_task()
+
+
+def _follow_coroutines() -> None:
+    """Point ``celery.current_task`` at :func:`_current_task`.
+
+    Celery's proxy reads a greenlet-local task stack, empty in the gevent loop's greenlet where
+    every ``async def`` task's coroutine runs. ``Proxy`` keeps its target in the private slot
+    ``_Proxy__local`` (celery/local.py, read from Celery 5.7); no public hook exists.
+    """
+    proxy = celery_state.current_task
+    try:
+        target = object.__getattribute__(proxy, "_Proxy__local")
+    except AttributeError:  # Celery changed its Proxy: current_task stays as Celery made it
+        logger.warning("taskpool: celery.current_task cannot follow async tasks on this Celery version")
+        return
+    if target is celery_state.get_current_task:
+        object.__setattr__(proxy, "_Proxy__local", _current_task)
+
+
+_follow_coroutines()
 
 
 class TaskpoolTask(celery.Task):

@@ -13,11 +13,15 @@ import threading
 import time
 from typing import Any
 
+import celery
 import redis
 
 from taskpool import TaskPool
 
 app = TaskPool("tests", config=False)
+
+#: max_in_flight of gated_sleep (the session's gevent worker runs -c 20).
+GATED_GEVENT_MAX = 5
 
 
 def _redis() -> redis.Redis:
@@ -69,6 +73,9 @@ async def _async_observe() -> dict[str, Any]:
     await asyncio.sleep(0.01)
     facts = observe()
     facts["loop_id"] = id(asyncio.get_running_loop())
+    # celery.current_task, as user code and libraries read it, after an await.
+    facts["current_task_id"] = celery.current_task.request.id
+    facts["current_task_hostname"] = celery.current_task.request.hostname
     return facts
 
 
@@ -99,6 +106,20 @@ async def async_sleep(seconds: float) -> list[float]:
     start = time.time()
     await asyncio.sleep(seconds)
     return [start, time.time()]
+
+
+@app.task(pool="gevent", max_in_flight=GATED_GEVENT_MAX)
+def gated_sleep(seconds: float) -> list[float]:
+    """A gated gevent task: sleeps; returns its [start, end] wall-clock interval."""
+    start = time.time()
+    time.sleep(seconds)
+    return [start, time.time()]
+
+
+@app.task(pool="gevent")
+def stamp() -> float:
+    """Returns when it ran (wall clock)."""
+    return time.time()
 
 
 @app.task(pool="threads", retries=3, backoff=0.4, backoff_max=0.6, jitter=True, retry_on=(ConnectionError,))

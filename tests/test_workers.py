@@ -55,6 +55,8 @@ def test_async_task_on_each_pool_keeps_one_loop_per_process_or_thread(
     for res, facts in zip(sent, results, strict=True):
         assert facts["worker_pool"] == pool
         assert facts["request_id"] == res.id  # task.request inside the coroutine is this call's
+        assert facts["current_task_id"] == res.id  # and so is celery.current_task
+        assert facts["current_task_hostname"] == f"{pool}@test"
         # gevent: one loop for the whole worker; prefork: per child; threads: per thread.
         where = facts["pid"] if pool != "threads" else (facts["pid"], facts["thread"])
         loops.setdefault(where, set()).add(facts["loop_id"])
@@ -69,6 +71,21 @@ def test_async_tasks_on_gevent_overlap(tp_app: Any, pool_workers: dict[str, Work
     assert all(end - start >= 0.5 for start, end in intervals)
     most = max(sum(1 for s, e in intervals if s <= t < e) for t, _ in intervals)
     assert most >= 5, intervals
+
+
+def test_gated_gevent_task_runs_max_in_flight_at_once_and_waiters_take_no_slot(
+    tp_app: Any, pool_workers: dict[str, Worker]
+) -> None:
+    """max_in_flight=N on a gevent worker runs exactly N at once (from recorded intervals), and
+    the requests waiting for the gate hold no greenlet: an ungated task sent after the whole gated
+    backlog starts before the backlog's last task."""
+    n = tp_app.GATED_GEVENT_MAX
+    gated = [tp_app.gated_sleep.delay(0.4) for _ in range(4 * n)]
+    ungated = tp_app.stamp.delay()
+    intervals = [res.get(timeout=60) for res in gated]
+    overlap = max(sum(1 for s, e in intervals if s <= t < e) for t, _ in intervals)
+    assert overlap == n, intervals
+    assert ungated.get(timeout=60) < max(start for start, _ in intervals)
 
 
 def test_chain_across_three_pools(tp_app: Any, pool_workers: dict[str, Worker]) -> None:
