@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     import kombu
     import redis
 
-    from bench.throughput import TRANSPORT_OPTIONS, fairness
+    from bench.apps.plain_conf import TRANSPORT_OPTIONS, fairness
     from taskpool.embedded import RedisServer, free_port
     from taskpool.settings import DEFAULTS
 

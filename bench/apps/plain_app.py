@@ -1,6 +1,6 @@
-"""Plain Celery, configured like taskpool's defaults: the baseline of bench/throughput.py.
+"""Plain Celery, configured like taskpool's defaults: the plain side of bench/fanout_bench.py.
 
-Settings: see ``bench/apps/plain_conf.py``; bench/throughput.py also passes the current DEFAULTS
+Settings: see ``bench/apps/plain_conf.py``; the bench may pass the current DEFAULTS
 in ``BENCH_CELERY_CONF`` and checks both apps' settings before it runs.
 """
 

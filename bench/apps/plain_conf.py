@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -40,3 +42,32 @@ def plain_celery(name: str, queue: str) -> Celery:
     )
     app.conf.update(json.loads(os.environ.get("BENCH_CELERY_CONF") or "{}"))
     return app
+
+
+#: kombu's Redis transport allows 10 connections per worker by default; with task_acks_late every
+#: gevent greenlet acks on its own connection, so ``-P gevent -c 100`` fails acks
+#: (MaxConnectionsError) and stalls. Benches that compare equal settings give both apps this pool.
+TRANSPORT_OPTIONS = {"max_connections": 200}
+
+
+def fairness(plain: Any, tp: Any, defaults: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The settings both apps share, and every difference found (empty when the comparison is fair)."""
+    problems = [
+        f"{key}: plain={plain.conf[key]!r} taskpool={tp.conf[key]!r}"
+        for key in defaults
+        if plain.conf[key] != tp.conf[key]
+    ]
+    if plain.conf.broker_transport_options != tp.conf.broker_transport_options:
+        problems.append(
+            f"broker_transport_options: plain={plain.conf.broker_transport_options} "
+            f"taskpool={tp.conf.broker_transport_options}"
+        )
+    for key in ("broker_url", "result_backend"):
+        a, b = urlsplit(str(plain.conf[key])), urlsplit(str(tp.conf[key]))
+        if (a.scheme, a.netloc) != (b.scheme, b.netloc):
+            problems.append(f"{key}: plain={plain.conf[key]} taskpool={tp.conf[key]} (not the same server)")
+    shared = {key: tp.conf[key] for key in defaults}
+    shared["broker_transport_options"] = dict(tp.conf.broker_transport_options)
+    scheme = urlsplit(str(tp.conf.result_backend)).scheme
+    shared["result_backend"] = f"{scheme}:// (the broker's Redis server, each app its own db)"
+    return shared, problems

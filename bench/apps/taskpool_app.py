@@ -1,4 +1,4 @@
-"""The taskpool side of bench/throughput.py: one no-op task per pool, taskpool's defaults.
+"""The taskpool side of bench/fanout_bench.py: one no-op task per pool, taskpool's defaults.
 
 ``config=False``: no config module; the broker comes from ``TASKPOOL_BROKER_URL`` at import.
 A worker started with ``-P <pool>`` consumes only that pool's queue, hence one task per pool.
