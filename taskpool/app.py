@@ -84,6 +84,9 @@ class TaskPool(Celery):
         from .admission import AdmissionStep
 
         self.steps["consumer"].add(AdmissionStep)
+        from .malformed import MessageGuard
+
+        self.steps["consumer"].add(MessageGuard)  # a malformed message is a dead letter, not a crash
         from .metrics import MetricsStep
         from .stats import StatsStep
 
