@@ -441,17 +441,28 @@ def dead_retry(app_path: str, record_ids: tuple[str, ...], retry_all: bool) -> N
     if retry_all == bool(record_ids):
         raise click.UsageError("give dead-letter ids, or --all")
     ids = [r.id for r in store.list()] if retry_all else list(record_ids)
+    refused = 0
     for record_id in ids:
         try:
             record = store.get(record_id)
         except TaskpoolError as exc:
             raise click.ClickException(str(exc)) from None
+        if record.refused:
+            refused += 1
+            click.echo(
+                f"error: dead letter {record_id} is a malformed message the worker refused "
+                f"({record.refused}); it cannot be sent again (`taskpool dead purge` removes it)",
+                err=True,
+            )
+            continue
         options: dict[str, Any] = {}
         if record.chain:
             options["chain"] = record.chain
         result = app.send_task(record.task, args=record.args, kwargs=record.kwargs, **options)
         store.remove(record_id)  # only after the new message is in the broker
         console.print(f"retried {record.task} ({record_id}) as task {result.id}")
+    if refused:
+        raise SystemExit(1)
 
 
 @dead.command("purge")

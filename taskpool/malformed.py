@@ -144,6 +144,21 @@ def task_message_problem(message: Any) -> tuple[str | None, str | None, str | No
     return None, name, task_id
 
 
+def broker_errors(owner: Any) -> tuple[type[BaseException], ...]:
+    """Errors that mean the broker went away: they pass through to Celery (reconnect).
+
+    kombu's Redis transport counts ``KeyError`` among its connection errors; a malformed
+    envelope raises it too (no ``properties``), so it is left out here: a ``KeyError`` on an
+    entry just read is the entry's fault.
+    """
+    errors = (
+        redis.RedisError,
+        *tuple(getattr(owner, "connection_errors", ())),
+        *tuple(getattr(owner, "channel_errors", ())),
+    )
+    return tuple(e for e in errors if e is not KeyError)
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -176,11 +191,7 @@ class MessageGuard(bootsteps.StartStopStep):
         client = channel.client
         parse_response = client.parse_response
         last: list[Any] = [None]
-        passthrough = (
-            redis.RedisError,
-            *tuple(getattr(channel, "connection_errors", ())),
-            *tuple(getattr(channel, "channel_errors", ())),
-        )
+        passthrough = broker_errors(channel)
 
         def remember(connection: Any, command: str, **options: Any) -> Any:
             reply = parse_response(connection, command, **options)
@@ -221,11 +232,7 @@ class MessageGuard(bootsteps.StartStopStep):
     # -- level 2 ---------------------------------------------------------------------
     def guard(self, consumer: Any, handler: Any) -> Any:
         """``handler`` (Celery's ``on_task_received``) behind the task-message checks."""
-        passthrough = (
-            redis.RedisError,
-            *tuple(getattr(consumer, "connection_errors", ())),
-            *tuple(getattr(consumer, "channel_errors", ())),
-        )
+        passthrough = broker_errors(consumer)
         strategies = consumer.strategies
 
         def on_task_received(message: Any) -> Any:
