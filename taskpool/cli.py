@@ -497,12 +497,19 @@ def limits_ls(app_path: str) -> None:
 @limits.command("set")
 @app_option
 @click.argument("name")
-@click.argument("size", type=click.IntRange(min=1))
-def limits_set(app_path: str, name: str, size: int) -> None:
-    """Set limit NAME to SIZE slots (workers see it within seconds)."""
+@click.argument("size")
+def limits_set(app_path: str, name: str, size: str) -> None:
+    """Set limit NAME to SIZE slots, 1 to 100,000 (workers see it within seconds)."""
+    from .limits import check_limit_name, check_limit_size
+
+    try:
+        check_limit_name(name)
+        slots = check_limit_size(name, int(size) if size.strip().lstrip("+-").isdigit() else size)
+    except TaskpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     app = load_app(app_path)
-    LimitStore(app.redis, app.settings.keyspace).set(name, size)
-    console.print(f"limit {name} = {size}")
+    LimitStore(app.redis, app.settings.keyspace).set(name, slots)
+    console.print(f"limit {name} = {slots}")
 
 
 @limits.command("rm")
@@ -557,8 +564,21 @@ def scale(
     cooldown: float | None,
     timeout: float,
 ) -> None:
-    """Update the autoscaler of running POOL workers (until they restart)."""
-    from .autoscale import scale_workers
+    """Update the autoscaler of running POOL workers (until they restart).
+
+    --max is bounded by the pool's ceiling: prefork 256, threads 512, gevent 10,000 per worker.
+    """
+    import math
+
+    from .autoscale import MAX_CONCURRENCY, scale_workers
+
+    if max_ is not None and max_ > MAX_CONCURRENCY[pool]:
+        raise click.ClickException(
+            f"--max {max_}: above the {pool} pool's ceiling of {MAX_CONCURRENCY[pool]:,} slots per worker; "
+            "run more workers instead"
+        )
+    if cooldown is not None and not math.isfinite(cooldown):
+        raise click.ClickException(f"--cooldown {cooldown}: must be a finite number of seconds >= 0")
 
     replies = scale_workers(
         load_app(app_path), pool, min=min_, max=max_, buffer=buffer, cooldown=cooldown, timeout=timeout
