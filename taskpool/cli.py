@@ -84,16 +84,16 @@ def _stack_env_broker() -> str | None:
     broker = os.environ.get("TASKPOOL_BROKER_URL")
     if broker and not redis_reachable(broker):
         raise click.ClickException(
-            f"TASKPOOL_BROKER_URL={broker} does not answer; unset it for an embedded Redis"
+            f"TASKPOOL_BROKER_URL={_safe(broker)} does not answer; unset it for an embedded Redis"
         )
     return broker or None
 
 
 def _safe(url: str) -> str:
     """A URL fit to print: its password masked."""
-    from kombu.utils.url import maybe_sanitize_url
+    from .settings import mask_url
 
-    return str(maybe_sanitize_url(url))
+    return mask_url(url)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -125,6 +125,10 @@ def run_stack(
     from .stack import Stack, flower_credentials, plan_workers, port_free, stack_redis
 
     broker = _stack_env_broker()
+    try:
+        flower_auth = flower_credentials(dict(os.environ)) if flower else ("", False)
+    except TaskpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     if flower and flower_port and not port_free(flower_port):
         raise click.ClickException(f"port {flower_port} is in use: give --flower-port (0 picks a free one)")
     flower_port = flower_port or free_port()
@@ -142,13 +146,13 @@ def run_stack(
             if not specs:
                 raise click.ClickException(f"app {app_path!r} declares no taskpool task: no worker to start")
             stack = Stack(app_path, project, dict(os.environ), echo=echo)
-            where = f"embedded Redis at {url} (data in .taskpool/redis)" if embedded else _safe(url)
+            where = f"embedded Redis at {_safe(url)} (data in .taskpool/redis)" if embedded else _safe(url)
             console.print(f"[bold]taskpool up[/]: {where}")
             try:
                 stack.start_workers(specs)
                 flower_url = None
                 if flower:
-                    auth, generated = flower_credentials(dict(os.environ))
+                    auth, generated = flower_auth
                     svc = stack.start_flower(flower_port, auth)
                     flower_url = f"http://127.0.0.1:{flower_port}"
                     user, _, password = auth.partition(":")

@@ -98,7 +98,7 @@ class Settings:
         if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
                 f"setting broker_url: taskpool needs a Redis broker (redis://, rediss:// or "
-                f"unix://), got {self.broker_url!r}"
+                f"unix://), got {mask_url(self.broker_url)!r}"
             )
         if not self.lease_ttl >= 0.1:
             raise ConfigurationError(f"setting lease_ttl: must be >= 0.1 seconds, got {self.lease_ttl!r}")
@@ -125,6 +125,13 @@ class Settings:
             raise ConfigurationError(
                 f"setting visibility_timeout: must be > 0 seconds, got {self.visibility_timeout!r}"
             )
+
+    def __repr__(self) -> str:  # the URLs' passwords masked: a repr ends up in logs
+        fields = ", ".join(
+            f"{name}={mask_url(value) if name in ('broker_url', 'result_backend') and value else value!r}"
+            for name, value in vars(self).items()
+        )
+        return f"Settings({fields})"
 
     @property
     def redis_url(self) -> str:
@@ -159,6 +166,12 @@ class Settings:
                         f"environment {ENV_PREFIX}{name.upper()}={raw!r}: not a valid {convert.__name__}"
                     ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
+        password = env.get(ENV_PREFIX + "REDIS_PASSWORD")
+        if password:
+            # A password kept apart from the URLs (compose reads it from a git-ignored env file).
+            values["broker_url"] = with_password(values.get("broker_url", DEFAULT_BROKER_URL), password)
+            if values.get("result_backend"):
+                values["result_backend"] = with_password(values["result_backend"], password)
         return cls(**values)
 
 
@@ -249,3 +262,22 @@ def check_json_only(conf: Mapping[str, Any]) -> None:
         bad = [v for v in values if "json" not in str(v)]
         if bad:
             raise ConfigurationError(f"setting {key}={value!r}: taskpool accepts JSON only, never pickle")
+
+
+def mask_url(url: str) -> str:
+    """``url`` fit to print or log: its password replaced by ``**``."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for Redis AUTH, unless the URL names a password itself."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.password:
+        return url
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
