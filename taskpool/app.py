@@ -275,4 +275,3 @@ class TaskPool(Celery):
         from .autoscale import register_modifier
 
         return register_modifier(self.concurrency_modifiers, fun, pool=pool or self.settings.default_pool)
-

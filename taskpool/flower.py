@@ -45,4 +45,4 @@ def protect_metrics() -> None:
         return
     get = tornado.web.authenticated(Metrics.get)
     get.taskpool_protected = True  # type: ignore[attr-defined]
-    Metrics.get = get  # type: ignore[method-assign]
+    Metrics.get = get

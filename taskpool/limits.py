@@ -100,7 +100,8 @@ class LimitStore:
         except redis.ResponseError as exc:  # e.g. WRONGTYPE: the key was overwritten by hand
             raise ConfigurationError(f"limit sizes: Redis key {self.key!r} cannot be read ({exc})") from None
         return {
-            n: (parse_stored_size(n, v) if v is not None else None) for n, v in zip(names, values, strict=True)
+            n: (parse_stored_size(n, v) if v is not None else None)
+            for n, v in zip(names, values, strict=True)
         }
 
 

@@ -61,10 +61,11 @@ def as_text(raw: bytes | str | None) -> str:
     return bytes(raw).decode("utf-8", "backslashreplace")
 
 
+_KINDS: dict[type, str] = {list: "a JSON list", str: "a JSON string", dict: "a JSON object"}
+
+
 def _kind(value: Any) -> str:
-    return {list: "a JSON list", str: "a JSON string", dict: "a JSON object"}.get(
-        type(value), f"a JSON {type(value).__name__}"
-    )
+    return _KINDS.get(type(value), f"a JSON {type(value).__name__}")
 
 
 # -- level 1: the transport's envelope ---------------------------------------------------
@@ -156,7 +157,7 @@ def broker_errors(owner: Any) -> tuple[type[BaseException], ...]:
         *tuple(getattr(owner, "connection_errors", ())),
         *tuple(getattr(owner, "channel_errors", ())),
     )
-    return tuple(e for e in errors if e is not KeyError)
+    return tuple(e for e in errors if isinstance(e, type) and e is not KeyError)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -183,15 +184,15 @@ class MessageGuard(bootsteps.StartStopStep):
     # -- level 1 ---------------------------------------------------------------------
     def start(self, c: Any) -> None:
         """Guard the BRPOP reader of the (new) task channel: at startup and each reconnect."""
-        channel = getattr(getattr(c, "task_consumer", None), "channel", None)
-        handlers = getattr(channel, "handlers", None)
+        channel: Any = getattr(getattr(c, "task_consumer", None), "channel", None)
+        handlers: Any = getattr(channel, "handlers", None)
         read = handlers.get("BRPOP") if isinstance(handlers, dict) else None
-        if read is None or getattr(read, "taskpool_wrapped", False):
+        if channel is None or read is None or getattr(read, "taskpool_wrapped", False):
             return  # not kombu's Redis transport: nothing to guard at this level
         client = channel.client
         parse_response = client.parse_response
         last: list[Any] = [None]
-        passthrough = broker_errors(channel)
+        passthrough: tuple[type[BaseException], ...] = (Empty, *broker_errors(channel))
 
         def remember(connection: Any, command: str, **options: Any) -> Any:
             reply = parse_response(connection, command, **options)
@@ -203,7 +204,7 @@ class MessageGuard(bootsteps.StartStopStep):
             last[0] = None
             try:
                 return read(**options)
-            except (Empty, *passthrough):
+            except passthrough:
                 raise
             except Exception as exc:
                 reply, last[0] = last[0], None
@@ -253,9 +254,11 @@ class MessageGuard(bootsteps.StartStopStep):
 
     def refuse(self, message: Any, reason: str, name: str | None, task_id: str | None) -> None:
         headers = message.headers if isinstance(message.headers, dict) else None
-        queue = (message.delivery_info or {}).get("routing_key") if isinstance(
-            message.delivery_info, dict
-        ) else None
+        queue = (
+            (message.delivery_info or {}).get("routing_key")
+            if isinstance(message.delivery_info, dict)
+            else None
+        )
         try:
             self.record(
                 reason=reason, raw=message.body, headers=headers, queue=queue, name=name, task_id=task_id

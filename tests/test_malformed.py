@@ -119,7 +119,7 @@ def test_refused_records_in_the_cli_and_failure_for_the_caller(
     try:
         entry = real_entry(tp_app, queue)
         task_id = str(uuid.uuid4())
-        r.lpush(queue, with_body(entry, b'[5, {}, {}]', id=task_id))  # args not a list
+        r.lpush(queue, with_body(entry, b"[5, {}, {}]", id=task_id))  # args not a list
         with pytest.raises(MalformedMessage, match="args are a JSON int, not a list"):
             app.AsyncResult(task_id).get(timeout=20)
         r.lpush(queue, b"not json at all")

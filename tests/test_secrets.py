@@ -30,7 +30,15 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 def start_flower(broker: str, auth: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     log = tmp_path / f"flower-{port}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "tests.app", "flower", f"--conf={ROOT / 'config' / 'flower.py'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.app",
+        "flower",
+        f"--conf={ROOT / 'config' / 'flower.py'}",
+    ]
     env = dict(
         os.environ, PYTHONPATH=str(ROOT), TASKPOOL_BROKER_URL=broker, FLOWER_BASIC_AUTH=auth,
         FLOWER_PORT=str(port), FLOWER_ADDRESS="127.0.0.1",
@@ -67,7 +75,7 @@ def test_flower_metrics_need_credentials_and_healthcheck_does_not(redis_url: str
         assert get(f"{base}/metrics")[0] == 401
         assert get(f"{base}/metrics", "admin:wrong-password-123")[0] == 401
         status, body = get(f"{base}/metrics", auth)
-        assert status == 200 and "flower_events_total" in body or "# HELP" in body
+        assert status == 200 and "# HELP" in body, status
     finally:
         proc.terminate()
         proc.wait(20)
@@ -107,7 +115,15 @@ def test_taskpool_up_refuses_weak_flower_credentials_before_starting_anything(tm
 # -- compose ------------------------------------------------------------------------------------
 def test_compose_redis_needs_the_password_file(project: Path) -> None:  # noqa: F811
     services = resolved(project)
-    for name in ("redis", "worker-gevent", "worker-threads", "worker-prefork", "worker-gpu", "flower", "demo"):
+    for name in (
+        "redis",
+        "worker-gevent",
+        "worker-threads",
+        "worker-prefork",
+        "worker-gpu",
+        "flower",
+        "demo",
+    ):
         assert services[name]["environment"]["TASKPOOL_REDIS_PASSWORD"] == "Compose-Test-Pw-4821", name
     redis = services["redis"]
     assert "--requirepass" in " ".join(redis["command"])
@@ -156,7 +172,8 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
     code = (
         "import tests.app as t; "
         "r = t.where_threads.apply_async(queue='auth.threads'); "
-        "print(r.get(timeout=30)['worker_pool']); print(t.app.settings); print(t.app.conf.humanize(with_defaults=False))"
+        "print(r.get(timeout=30)['worker_pool']); print(t.app.settings); "
+        "print(t.app.conf.humanize(with_defaults=False))"
     )
     worker = Worker("tests.app", "threads", auth_redis.url, tmp_path, concurrency=2, name="auth", env=env)
     outputs: list[str] = []
@@ -207,18 +224,29 @@ def add(x, y):
 
 def test_pickle_in_the_environment_is_refused(redis_url: str) -> None:
     code = "import tests.app"
-    done = run([sys.executable, "-c", code], {"TASKPOOL_BROKER_URL": redis_url, "TASKPOOL_EVENT_SERIALIZER": "pickle"})
+    done = run(
+        [sys.executable, "-c", code],
+        {"TASKPOOL_BROKER_URL": redis_url, "TASKPOOL_EVENT_SERIALIZER": "pickle"},
+    )
     assert done.returncode != 0
     assert "setting event_serializer='pickle': taskpool accepts JSON only" in done.stderr
 
 
 def test_pickle_set_after_the_app_was_built_stops_worker_and_client(redis_url: str, tmp_path: Path) -> None:
-    (tmp_path / "pkapp.py").write_text(PICKLE_APP.format(update='app.conf.update(accept_content=["pickle", "json"])'))
-    env = {"TASKPOOL_BROKER_URL": redis_url, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "C_FORCE_ROOT": "1"}
+    (tmp_path / "pkapp.py").write_text(
+        PICKLE_APP.format(update='app.conf.update(accept_content=["pickle", "json"])')
+    )
+    env = {
+        "TASKPOOL_BROKER_URL": redis_url,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "C_FORCE_ROOT": "1",
+    }
     worker = run([sys.executable, "-m", "celery", "-A", "pkapp", "worker", "-P", "threads"], env)
     assert worker.returncode != 0
     assert "the worker does not start: setting accept_content=['pickle', 'json']" in worker.stderr
     client = run([sys.executable, "-c", "import pkapp; pkapp.add.delay(1, 2)"], env)
     assert client.returncode != 0 and "taskpool accepts JSON only, never pickle" in client.stderr
-    serializer = run([sys.executable, "-c", "import tests.app as t; t.double.apply_async((1,), serializer='pickle')"], env)
+    serializer = run(
+        [sys.executable, "-c", "import tests.app as t; t.double.apply_async((1,), serializer='pickle')"], env
+    )
     assert serializer.returncode != 0 and "task_serializer='pickle'" in serializer.stderr

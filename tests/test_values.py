@@ -86,7 +86,8 @@ def test_scale_refuses_non_finite_and_above_ceiling(tp_app: Any, pool_workers: d
     )
     for value in ("nan", "inf"):
         one_line_error(
-            taskpool_cli("tests.app", "scale", "--pool", "threads", "--cooldown", value), f"--cooldown {value}"
+            taskpool_cli("tests.app", "scale", "--pool", "threads", "--cooldown", value),
+            f"--cooldown {value}",
         )
     # The worker checks too (celery control, Flower's form, another client).
     node = pool_workers["threads"].hostname
