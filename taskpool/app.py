@@ -16,7 +16,14 @@ from .limits import gpu_count
 from .options import TaskOptions
 from .retry import Backoff, DeadLetterStore
 from .routing import Router, pool_of_worker, queues
-from .settings import DEFAULTS, TASKPOOL_SETTINGS, Settings, celery_env_overrides, load_config_module
+from .settings import (
+    DEFAULTS,
+    TASKPOOL_SETTINGS,
+    Settings,
+    celery_env_overrides,
+    check_json_only,
+    load_config_module,
+)
 from .task import TaskpoolTask, make_run
 from .tuning import GreenCreditStep, tune_worker
 
@@ -36,6 +43,8 @@ class TaskPool(Celery):
     """
 
     task_cls = TaskpoolTask
+    #: Celery's message building and sending, with taskpool's checks before each publish.
+    amqp_cls = "taskpool.publish:AMQP"
 
     def __init__(
         self,
@@ -77,7 +86,7 @@ class TaskPool(Celery):
             task_default_queue=s.queue_for(s.default_pool),
             task_routes=(Router(self, s),),
         )
-        _refuse_pickle(conf)
+        check_json_only(conf)
         self.conf.update(conf)
         #: The taskpool pool this process serves as a worker (None outside workers).
         self.worker_pool: str | None = None
@@ -85,6 +94,9 @@ class TaskPool(Celery):
         from .admission import AdmissionStep
 
         self.steps["consumer"].add(AdmissionStep)
+        from .malformed import MessageGuard
+
+        self.steps["consumer"].add(MessageGuard)  # a malformed message is a dead letter, not a crash
         from .metrics import MetricsStep
         from .stats import StatsStep
 
@@ -167,6 +179,15 @@ class TaskPool(Celery):
 
         return decorate
 
+    def _get_backend(self) -> Any:
+        # Celery's own two lines, with a backend that keeps large args out of results.
+        from celery.app import backends
+
+        from .results import bounded
+
+        backend, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
+        return bounded(backend)(app=self, url=url)
+
     # -- taskpool's own Redis ----------------------------------------------------------
     @property
     def redis(self) -> redis.Redis:
@@ -191,6 +212,11 @@ class TaskPool(Celery):
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self:
             return
+        try:  # the final configuration: app.conf may have changed since the app was built
+            check_json_only(self.conf)
+        except ConfigurationError as exc:
+            # Celery logs and swallows a signal handler's exceptions; SystemExit stops the worker.
+            raise SystemExit(f"taskpool: the worker does not start: {exc}") from None
         pool = pool_of_worker(sender.pool_cls)
         self.worker_pool = pool
         selected = self.amqp.queues
@@ -243,12 +269,3 @@ class TaskPool(Celery):
         from .autoscale import register_modifier
 
         return register_modifier(self.concurrency_modifiers, fun, pool=pool or self.settings.default_pool)
-
-
-def _refuse_pickle(conf: dict[str, Any]) -> None:
-    for key in ("task_serializer", "result_serializer", "accept_content", "result_accept_content"):
-        value = conf.get(key)
-        values = [value] if isinstance(value, str) else list(value or [])
-        bad = [v for v in values if "json" not in str(v)]
-        if bad:
-            raise ConfigurationError(f"setting {key}={value!r}: taskpool accepts JSON only, never pickle")

@@ -63,6 +63,10 @@ RATE_WINDOW = 5.0
 #: Decisions kept for ``inspect stats``.
 HISTORY = 20
 
+#: The most slots an autoscaler may give one worker of each pool, whatever it is told (the
+#: command line, TASKPOOL_AUTOSCALE_<POOL>, `taskpool scale`, `celery control autoscale`).
+#: Beyond these a worker spends more on its slots than on its tasks: run more workers instead.
+MAX_CONCURRENCY = {"prefork": 256, "threads": 512, "gevent": 10_000}
 CELERY_THREADS_POOL = "celery.concurrency.thread:TaskPool"
 CELERY_SOLO_POOL = "celery.concurrency.solo:TaskPool"
 THREADS_POOL = "taskpool.pools.threads:TaskPool"
@@ -350,8 +354,8 @@ class ScalingPolicy:
             raise ValueError(f"max={new_max} must be >= min={new_min}")
         if new_buffer < 0:
             raise ValueError(f"buffer={new_buffer} must be >= 0")
-        if new_cooldown < 0:
-            raise ValueError(f"cooldown={new_cooldown} must be >= 0")
+        if not (math.isfinite(new_cooldown) and new_cooldown >= 0):
+            raise ValueError(f"cooldown={new_cooldown} must be a finite number of seconds >= 0")
         self.min, self.max, self.buffer, self.cooldown = new_min, new_max, new_buffer, new_cooldown
 
     def clamp(self, n: int) -> int:
@@ -523,6 +527,12 @@ class CallbackAutoscaler(Autoscaler):
         Raises:
             ValueError: for impossible values (the control reply carries the message).
         """
+        ceiling = MAX_CONCURRENCY.get(self.pool_name)
+        if max is not None and ceiling is not None and int(max) > ceiling:
+            raise ValueError(
+                f"max={max} is above the {self.pool_name} pool's ceiling of {ceiling} slots per worker "
+                "(run more workers instead)"
+            )
         with self.mutex:
             old_max = self.max_concurrency
             if min is not None and int(min) < 1:
@@ -867,6 +877,15 @@ def configure_worker(app: App, worker: Any) -> None:
             logger.warning("taskpool: worker_concurrency=%r: autoscaler off, set --autoscale", concurrency)
             return
         high, low = concurrency, (1 if modifier is not None else concurrency)
+    ceiling = MAX_CONCURRENCY[pool]
+    if high > ceiling:
+        logger.warning(
+            "taskpool: autoscale max %d is above the %s pool's ceiling; using %d (run more workers instead)",
+            high,
+            pool,
+            ceiling,
+        )
+        high = ceiling
     low = max(1, min(low, high))
     worker.options["autoscale"] = [high, low]
     worker.taskpool_autoscale = WorkerSetup(app, replace(config, max=high, min=low), modifier)

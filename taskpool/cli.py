@@ -84,16 +84,16 @@ def _stack_env_broker() -> str | None:
     broker = os.environ.get("TASKPOOL_BROKER_URL")
     if broker and not redis_reachable(broker):
         raise click.ClickException(
-            f"TASKPOOL_BROKER_URL={broker} does not answer; unset it for an embedded Redis"
+            f"TASKPOOL_BROKER_URL={_safe(broker)} does not answer; unset it for an embedded Redis"
         )
     return broker or None
 
 
 def _safe(url: str) -> str:
     """A URL fit to print: its password masked."""
-    from kombu.utils.url import maybe_sanitize_url
+    from .settings import mask_url
 
-    return str(maybe_sanitize_url(url))
+    return mask_url(url)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -125,6 +125,10 @@ def run_stack(
     from .stack import Stack, flower_credentials, plan_workers, port_free, stack_redis
 
     broker = _stack_env_broker()
+    try:
+        flower_auth = flower_credentials(dict(os.environ)) if flower else ("", False)
+    except TaskpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     if flower and flower_port and not port_free(flower_port):
         raise click.ClickException(f"port {flower_port} is in use: give --flower-port (0 picks a free one)")
     flower_port = flower_port or free_port()
@@ -142,13 +146,13 @@ def run_stack(
             if not specs:
                 raise click.ClickException(f"app {app_path!r} declares no taskpool task: no worker to start")
             stack = Stack(app_path, project, dict(os.environ), echo=echo)
-            where = f"embedded Redis at {url} (data in .taskpool/redis)" if embedded else _safe(url)
+            where = f"embedded Redis at {_safe(url)} (data in .taskpool/redis)" if embedded else _safe(url)
             console.print(f"[bold]taskpool up[/]: {where}")
             try:
                 stack.start_workers(specs)
                 flower_url = None
                 if flower:
-                    auth, generated = flower_credentials(dict(os.environ))
+                    auth, generated = flower_auth
                     svc = stack.start_flower(flower_port, auth)
                     flower_url = f"http://127.0.0.1:{flower_port}"
                     user, _, password = auth.partition(":")
@@ -441,17 +445,28 @@ def dead_retry(app_path: str, record_ids: tuple[str, ...], retry_all: bool) -> N
     if retry_all == bool(record_ids):
         raise click.UsageError("give dead-letter ids, or --all")
     ids = [r.id for r in store.list()] if retry_all else list(record_ids)
+    refused = 0
     for record_id in ids:
         try:
             record = store.get(record_id)
         except TaskpoolError as exc:
             raise click.ClickException(str(exc)) from None
+        if record.refused:
+            refused += 1
+            click.echo(
+                f"error: dead letter {record_id} is a malformed message the worker refused "
+                f"({record.refused}); it cannot be sent again (`taskpool dead purge` removes it)",
+                err=True,
+            )
+            continue
         options: dict[str, Any] = {}
         if record.chain:
             options["chain"] = record.chain
         result = app.send_task(record.task, args=record.args, kwargs=record.kwargs, **options)
         store.remove(record_id)  # only after the new message is in the broker
         console.print(f"retried {record.task} ({record_id}) as task {result.id}")
+    if refused:
+        raise SystemExit(1)
 
 
 @dead.command("purge")
@@ -486,12 +501,19 @@ def limits_ls(app_path: str) -> None:
 @limits.command("set")
 @app_option
 @click.argument("name")
-@click.argument("size", type=click.IntRange(min=1))
-def limits_set(app_path: str, name: str, size: int) -> None:
-    """Set limit NAME to SIZE slots (workers see it within seconds)."""
+@click.argument("size")
+def limits_set(app_path: str, name: str, size: str) -> None:
+    """Set limit NAME to SIZE slots, 1 to 100,000 (workers see it within seconds)."""
+    from .limits import check_limit_name, check_limit_size
+
+    try:
+        check_limit_name(name)
+        slots = check_limit_size(name, int(size) if size.strip().lstrip("+-").isdigit() else size)
+    except TaskpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     app = load_app(app_path)
-    LimitStore(app.redis, app.settings.keyspace).set(name, size)
-    console.print(f"limit {name} = {size}")
+    LimitStore(app.redis, app.settings.keyspace).set(name, slots)
+    console.print(f"limit {name} = {slots}")
 
 
 @limits.command("rm")
@@ -546,8 +568,21 @@ def scale(
     cooldown: float | None,
     timeout: float,
 ) -> None:
-    """Update the autoscaler of running POOL workers (until they restart)."""
-    from .autoscale import scale_workers
+    """Update the autoscaler of running POOL workers (until they restart).
+
+    --max is bounded by the pool's ceiling: prefork 256, threads 512, gevent 10,000 per worker.
+    """
+    import math
+
+    from .autoscale import MAX_CONCURRENCY, scale_workers
+
+    if max_ is not None and max_ > MAX_CONCURRENCY[pool]:
+        raise click.ClickException(
+            f"--max {max_}: above the {pool} pool's ceiling of {MAX_CONCURRENCY[pool]:,} slots per worker; "
+            "run more workers instead"
+        )
+    if cooldown is not None and not math.isfinite(cooldown):
+        raise click.ClickException(f"--cooldown {cooldown}: must be a finite number of seconds >= 0")
 
     replies = scale_workers(
         load_app(app_path), pool, min=min_, max=max_, buffer=buffer, cooldown=cooldown, timeout=timeout

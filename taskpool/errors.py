@@ -51,6 +51,15 @@ class BatchError(TaskpoolError):
     results); every input of that call fails with it, without retries."""
 
 
+class MalformedMessage(TaskpoolError, ValueError):
+    """A message on a taskpool queue is not a task message the worker can run (not JSON, not an
+    envelope, arguments of the wrong shape, ...); it was refused with a dead letter."""
+
+
+class MessageTooLarge(TaskpoolError, ValueError):
+    """A task message is larger than ``TASKPOOL_MAX_MESSAGE_SIZE``; nothing was sent."""
+
+
 ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
     TaskpoolError,
     ConfigurationError,
@@ -60,4 +69,6 @@ ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
     LeaseLost,
     QueueFull,
     BatchError,
+    MalformedMessage,
+    MessageTooLarge,
 )

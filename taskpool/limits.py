@@ -23,6 +23,49 @@ class Need:
     kind: str  # "max_in_flight", "cluster_max_in_flight", "limit" or "gpu"
 
 
+#: The largest size a named limit may have. The acquire script scans slot indices up to the
+#: size, and Redis integers end at 2**63: a size beyond this is a typo, not a limit.
+MAX_LIMIT_SIZE = 100_000
+#: The longest name of a named limit.
+MAX_LIMIT_NAME = 200
+
+
+def check_limit_name(name: object) -> str:
+    """``name`` if it can name a limit, else :class:`ConfigurationError` saying why."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"limit name {name!r}: must be a non-empty string, e.g. license:matlab")
+    if len(name) > MAX_LIMIT_NAME or any(c.isspace() or not c.isprintable() for c in name):
+        raise ConfigurationError(
+            f"limit name {name!r}: at most {MAX_LIMIT_NAME} printable characters, no spaces"
+        )
+    return name
+
+
+def check_limit_size(name: str, size: object) -> int:
+    """``size`` if it is a valid size of limit ``name``, else :class:`ConfigurationError`."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_LIMIT_SIZE:
+        raise ConfigurationError(
+            f"limit {name!r}: size must be an integer from 1 to {MAX_LIMIT_SIZE:,}, got {size!r}"
+        )
+    return size
+
+
+def parse_stored_size(name: str, raw: bytes | str) -> int:
+    """A size read from Redis; :class:`ConfigurationError` for anything not written by
+    :meth:`LimitStore.set` (edited by hand, or by an older version)."""
+    text = raw.decode(errors="backslashreplace") if isinstance(raw, bytes) else raw
+    try:
+        size = int(text)
+    except ValueError:
+        size = None
+    if size is None or not 1 <= size <= MAX_LIMIT_SIZE:
+        raise ConfigurationError(
+            f"limit {name!r}: the stored size {text!r} is not an integer from 1 to {MAX_LIMIT_SIZE:,}; "
+            f"set it again with `taskpool limits set {name} N`"
+        )
+    return size
+
+
 class LimitStore:
     """Sizes of named limits, in the Redis hash ``<keyspace>:limits`` (name -> slots)."""
 
@@ -31,20 +74,35 @@ class LimitStore:
         self.key = f"{keyspace}:limits"
 
     def set(self, name: str, size: int) -> None:
-        if not name or not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ConfigurationError(f"limit {name!r}: size must be an integer >= 1, got {size!r}")
+        """Raises ConfigurationError for an empty or odd name, or a size outside [1, MAX_LIMIT_SIZE]."""
+        check_limit_size(check_limit_name(name), size)
         self.client.hset(self.key, name, size)
 
     def remove(self, name: str) -> bool:
         return bool(self.client.hdel(self.key, name))
 
-    def all(self) -> dict[str, int]:
+    def all(self) -> dict[str, int | str]:
+        """Every limit's size; a stored value that is not a valid size comes back as its text."""
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.key))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        out: dict[str, int | str] = {}
+        for key, value in raw.items():
+            name = key.decode(errors="backslashreplace")
+            try:
+                out[name] = parse_stored_size(name, value)
+            except ConfigurationError:
+                out[name] = f"{value.decode(errors='backslashreplace')!r} (invalid)"
+        return out
 
     def get_many(self, names: list[str]) -> dict[str, int | None]:
-        values = cast(list[bytes | None], self.client.hmget(self.key, names))
-        return {n: (int(v) if v is not None else None) for n, v in zip(names, values, strict=True)}
+        """Sizes of ``names`` (None: not set). Raises ConfigurationError for a bad stored value."""
+        try:
+            values = cast(list[bytes | None], self.client.hmget(self.key, names))
+        except redis.ResponseError as exc:  # e.g. WRONGTYPE: the key was overwritten by hand
+            raise ConfigurationError(f"limit sizes: Redis key {self.key!r} cannot be read ({exc})") from None
+        return {
+            n: (parse_stored_size(n, v) if v is not None else None)
+            for n, v in zip(names, values, strict=True)
+        }
 
 
 def machine_name() -> str:

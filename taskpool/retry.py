@@ -54,6 +54,12 @@ class DeadLetter:
     queue: str | None = None
     #: The rest of a chain the task was part of, so a retry resumes the pipeline.
     chain: list[dict[str, Any]] | None = None
+    #: Why the worker refused the message without running it (a malformed message); such a
+    #: record cannot be retried. ``raw`` is the message as received (truncated when long),
+    #: ``headers`` its headers when it had readable ones.
+    refused: str | None = None
+    raw: str | None = None
+    headers: dict[str, Any] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod

@@ -70,6 +70,12 @@ class Settings:
         max_queue_length: ``map``, ``starmap`` and ``spawn`` refuse to publish to a queue that
             holds this many messages or more, with :class:`~taskpool.errors.QueueFull`
             (``TASKPOOL_MAX_QUEUE_LENGTH``; 0, the default, means no limit).
+        max_message_size: a task message (serialized, before compression) larger than this
+            many bytes is refused at publish with :class:`~taskpool.errors.MessageTooLarge`
+            (``TASKPOOL_MAX_MESSAGE_SIZE``, 10 MiB; 0: no limit).
+        result_args_max_size: args or kwargs longer than this many bytes (as JSON) are left out
+            of stored results, replaced by a marker (``TASKPOOL_RESULT_ARGS_MAX_SIZE``, 64 KiB;
+            0: keep them whatever their size).
     """
 
     broker_url: str = DEFAULT_BROKER_URL
@@ -82,6 +88,8 @@ class Settings:
     config_module: str = DEFAULT_CONFIG_MODULE
     map_max_outstanding: int = 1000
     max_queue_length: int = 0
+    max_message_size: int = 10 * 1024 * 1024
+    result_args_max_size: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.default_pool not in POOLS:
@@ -91,7 +99,7 @@ class Settings:
         if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
                 f"setting broker_url: taskpool needs a Redis broker (redis://, rediss:// or "
-                f"unix://), got {self.broker_url!r}"
+                f"unix://), got {mask_url(self.broker_url)!r}"
             )
         if not self.lease_ttl >= 0.1:
             raise ConfigurationError(f"setting lease_ttl: must be >= 0.1 seconds, got {self.lease_ttl!r}")
@@ -108,10 +116,23 @@ class Settings:
                 "setting max_queue_length: must be an integer >= 0 (0: no limit), "
                 f"got {self.max_queue_length!r}"
             )
+        for name in ("max_message_size", "result_args_max_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
+                raise ConfigurationError(
+                    f"setting {name}: must be an integer number of bytes >= 0 (0: no limit), got {value!r}"
+                )
         if not self.visibility_timeout > 0:
             raise ConfigurationError(
                 f"setting visibility_timeout: must be > 0 seconds, got {self.visibility_timeout!r}"
             )
+
+    def __repr__(self) -> str:  # the URLs' passwords masked: a repr ends up in logs
+        fields = ", ".join(
+            f"{name}={mask_url(value) if name in ('broker_url', 'result_backend') and value else value!r}"
+            for name, value in vars(self).items()
+        )
+        return f"Settings({fields})"
 
     @property
     def redis_url(self) -> str:
@@ -146,6 +167,12 @@ class Settings:
                         f"environment {ENV_PREFIX}{name.upper()}={raw!r}: not a valid {convert.__name__}"
                     ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
+        password = env.get(ENV_PREFIX + "REDIS_PASSWORD")
+        if password:
+            # A password kept apart from the URLs (compose reads it from a git-ignored env file).
+            values["broker_url"] = with_password(values.get("broker_url", DEFAULT_BROKER_URL), password)
+            if values.get("result_backend"):
+                values["result_backend"] = with_password(values["result_backend"], password)
         return cls(**values)
 
 
@@ -161,6 +188,8 @@ TASKPOOL_SETTINGS: dict[str, Any] = {
     "config_module": str,
     "map_max_outstanding": int,
     "max_queue_length": int,
+    "max_message_size": int,
+    "result_args_max_size": int,
 }
 # TASKPOOL_CONFIG is the documented name of config_module.
 _ENV_ALIASES = {"CONFIG": "config_module"}
@@ -210,3 +239,46 @@ def _convert(key: str, raw: str, kind: str) -> Any:
         return raw
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"environment {key}={raw!r}: expected a {kind} ({exc})") from None
+
+
+#: Settings that name a serializer or the content types a process accepts.
+SERIALIZER_SETTINGS = (
+    "task_serializer",
+    "result_serializer",
+    "event_serializer",
+    "accept_content",
+    "result_accept_content",
+    "event_accept_content",
+)
+
+
+def check_json_only(conf: Mapping[str, Any]) -> None:
+    """Refuse a configuration that would serialize or accept anything but JSON (pickle runs
+    code on load). Called when the app is built and again when a worker starts and before each
+    publish, so a later ``app.conf.update(...)`` or ``TASKPOOL_EVENT_SERIALIZER`` is caught.
+    """
+    for key in SERIALIZER_SETTINGS:
+        value = conf.get(key)
+        values = [value] if isinstance(value, str) else list(value or [])
+        bad = [v for v in values if "json" not in str(v)]
+        if bad:
+            raise ConfigurationError(f"setting {key}={value!r}: taskpool accepts JSON only, never pickle")
+
+
+def mask_url(url: str) -> str:
+    """``url`` fit to print or log: its password replaced by ``**``."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for Redis AUTH, unless the URL names a password itself."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.password:
+        return url
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -27,6 +27,7 @@ from typing import IO, Any, TextIO
 import redis
 
 from .embedded import RedisServer
+from .errors import ConfigurationError
 from .settings import POOLS
 
 #: Default concurrency of `taskpool worker` and the local stack, per pool.
@@ -245,6 +246,12 @@ def flower_credentials(environ: dict[str, str]) -> tuple[str, bool]:
     """``FLOWER_BASIC_AUTH`` from ``environ``, or a new random ``taskpool:<password>`` (True)."""
     given = environ.get("FLOWER_BASIC_AUTH", "")
     if given:
+        from .flower import check_basic_auth
+
+        try:
+            check_basic_auth(given)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         return given, False
     return f"taskpool:{secrets.token_urlsafe(12)}", True
 

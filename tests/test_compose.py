@@ -35,8 +35,11 @@ def project(tmp_path: Path) -> Path:
     """A copy of the compose project, with the credentials file a user would create."""
     for name in ("compose.yaml", "Dockerfile", ".dockerignore"):
         shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "config", tmp_path / "config", ignore=shutil.ignore_patterns("flower.env"))
+    shutil.copytree(
+        ROOT / "config", tmp_path / "config", ignore=shutil.ignore_patterns("flower.env", "redis.env")
+    )
     shutil.copy(tmp_path / "config" / "flower.env.example", tmp_path / "config" / "flower.env")
+    (tmp_path / "config" / "redis.env").write_text("TASKPOOL_REDIS_PASSWORD=Compose-Test-Pw-4821\n")
     return tmp_path
 
 
@@ -119,7 +122,7 @@ def test_stack_services_are_ordered_safe_and_stop_gracefully(project: Path) -> N
     redis = services["redis"]
     assert "healthcheck" in redis
     assert all(p["host_ip"] == "127.0.0.1" for p in redis.get("ports", []))  # not beyond the host
-    assert "/usr/local/etc/redis/redis.conf" in redis["command"]
+    assert "/usr/local/etc/redis/redis.conf" in " ".join(redis["command"])
     assert "appendonly yes" in (ROOT / "config" / "redis.conf").read_text()
     flower = services["flower"]
     assert all(p["host_ip"] == "127.0.0.1" for p in flower.get("ports", []))

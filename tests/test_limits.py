@@ -98,6 +98,8 @@ def test_pool_process_frees_the_slot_as_soon_as_the_function_returns(lim: Any, s
     key = f"gpuearly-{os.urandom(3).hex()}"
     for r in [lim.on_gpu_then_check.delay(key, 0.1) for _ in range(3)]:
         r.get(timeout=60)
+    # after_return runs after the result is stored: the last record may come just after get().
+    wait_for(lambda: lim.app.redis.llen(f"{key}:holders_after_return") == 3, 10, what="3 records")
     seen = [json.loads(x) for x in lim.app.redis.lrange(f"{key}:holders_after_return", 0, -1)]
     assert len(seen) == 3
     for entry in seen:
