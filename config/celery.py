@@ -24,8 +24,8 @@ task_reject_on_worker_lost = True
 # Retry waits are kept below it. Longer than your longest task, or it runs twice.
 visibility_timeout = 3600.0
 
-# Prefetch: taskpool reserves 2 messages per process, thread or greenlet (the README's
-# "Prefetch" says why); worker_prefetch_multiplier = 1 keeps work not yet running in Redis.
+# Prefetch: taskpool chooses the multiplier per pool (prefork and threads 1, gevent 2; the
+# README's "Prefetch" says why). Set worker_prefetch_multiplier here only to override that.
 
 # Results: kept a day, with task name, args, worker and retries (AsyncResult.retries).
 result_expires = 86400

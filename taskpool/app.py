@@ -208,6 +208,7 @@ class TaskPool(Celery):
         # The command line's -Q is only visible here; worker_init comes after the queues are set.
         if getattr(instance, "app", None) is self:
             instance.taskpool_cli_queues = (options or {}).get("queues")
+            instance.taskpool_cli_prefetch = (options or {}).get("prefetch_multiplier")
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self:

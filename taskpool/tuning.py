@@ -2,8 +2,9 @@
 
 taskpool acknowledges late (a message leaves Redis for good only when its task ended), so every
 running, held or reserved request occupies the prefetch window. :func:`tune_worker` applies, each
-time unless the user chose otherwise (the prefetch multiplier itself, 2, is in
-:data:`~taskpool.settings.DEFAULTS`; the README's "Prefetch" says why):
+time unless the user chose otherwise:
+
+- the prefetch multiplier that suits the pool (:data:`~taskpool.settings.PREFETCH_MULTIPLIER`);
 
 - on gevent, one result backend for the whole worker (``result_backend_thread_safe``): Celery keeps
   a backend per thread, and on gevent every task runs in a new greenlet, so each task built a
@@ -26,6 +27,8 @@ from typing import Any
 
 from celery import bootsteps
 
+from .settings import PREFETCH_MULTIPLIER
+
 logger = logging.getLogger("taskpool.tuning")
 
 #: Seconds a gevent worker's consumer waits, while its prefetch window is full, before it looks
@@ -36,6 +39,7 @@ FULL_WINDOW_POLL = 0.01
 def tune_worker(app: Any, worker: Any, pool: str) -> None:
     """Apply this module's per-pool settings for ``worker`` (Celery's ``WorkController``, at
     ``worker_init``, before its blueprint is built)."""
+    choose_multiplier(app, worker, pool)
     if pool == "gevent" and "result_backend_thread_safe" not in app.conf.changes:
         app.conf.result_backend_thread_safe = True
     size_broker_connection_pool(app, worker, pool)
@@ -57,6 +61,21 @@ def size_broker_connection_pool(app: Any, worker: Any, pool: str) -> None:
     concurrency = worker.concurrency if isinstance(worker.concurrency, int) else 0
     options["max_connections"] = max(concurrency, int(autoscale[0] or 0)) + 16
     app.conf.broker_transport_options = options
+
+
+def choose_multiplier(app: Any, worker: Any, pool: str) -> None:
+    """Set ``worker``'s prefetch multiplier to the pool's, unless the user chose one.
+
+    The user's choice: ``worker_prefetch_multiplier`` in the config module, the environment
+    (``TASKPOOL_WORKER_PREFETCH_MULTIPLIER``) or ``app.conf``, or ``--prefetch-multiplier`` with a
+    value other than the setting's (Celery's option falls back to the setting when absent).
+    """
+    if "worker_prefetch_multiplier" in app.conf.changes:
+        return
+    cli = getattr(worker, "taskpool_cli_prefetch", None)
+    if cli is not None and cli != app.conf.worker_prefetch_multiplier:
+        return
+    worker.prefetch_multiplier = PREFETCH_MULTIPLIER[pool]
 
 
 class GreenCreditStep(bootsteps.StartStopStep):
