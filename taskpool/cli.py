@@ -677,4 +677,4 @@ def scale(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="taskpool")

@@ -89,13 +89,14 @@ class Call(AsyncResult):
     """
 
     _sent: AsyncResult | None = None
+    _task_name: str | None = None  # Celery's AsyncResult ignores its task_name argument
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's ``AsyncResult.get``; a timeout says when no live worker consumes the queue."""
         try:
             return super().get(*args, **kwargs)
         except CeleryTimeoutError as exc:
-            task = self.app.tasks.get(self.task_name) if self.task_name else None
+            task = self.app.tasks.get(self._task_name) if self._task_name else None
             hint = no_consumer_hint(task) if task is not None and not self.ready() else ""
             if not hint:
                 raise
@@ -206,7 +207,7 @@ def spawn(task: TaskpoolTask, args: Any, kwargs: Any) -> Call:
     if isinstance(sent, EagerResult):
         return EagerCall(*sent.__reduce_args__())
     call = Call(sent.id, backend=sent.backend, task_name=task.name, app=task.app)
-    call._sent = sent
+    call._sent, call._task_name = sent, task.name
     return call
 
 
