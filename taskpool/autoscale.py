@@ -847,6 +847,7 @@ def configure_worker(app: App, worker: Any) -> None:
     if path == CELERY_PREFORK_POOL:  # notices a killed child at once (see taskpool/pools/prefork.py)
         pool_cls = worker.pool_cls = symbol_by_name(PREFORK_POOL)
     if path == CELERY_SOLO_POOL:
+        worker.concurrency = 1  # what solo runs, whatever -c says (the banner showed the CPU count)
         return  # one task at a time by definition: nothing to scale
     try:
         scaler_cls = symbol_by_name(worker.autoscaler_cls)
