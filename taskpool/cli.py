@@ -189,7 +189,7 @@ def run_stack(
                 raise click.ClickException(f"app {app_path!r} declares no taskpool task: no worker to start")
             stack = Stack(app_path, project, dict(os.environ), echo=echo)
             where = f"embedded Redis at {url} (data in .taskpool/redis)" if embedded else _safe(url)
-            console.print(f"[bold]taskpool up[/]: {where}")
+            console.print(f"[bold]taskpool up[/]: {where}", soft_wrap=True)
             try:
                 stack.start_workers(specs)
                 flower_url = None
