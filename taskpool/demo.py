@@ -106,12 +106,7 @@ def run_pipeline(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        first = signatures[0] if signatures else None
-        declared = [str(sig.task) for sig in getattr(first, "tasks", ())]  # a chain's steps, known upfront
-        labels = [
-            (declared[k] if len(declared) == n_steps else f"step {k + 1}").rsplit(".", 1)[-1]
-            for k in range(n_steps)
-        ]
+        labels = step_labels(signatures[0], n_steps) if signatures else []
         bars = [progress.add_task(label, total=items, rate=0.0) for label in labels]
         counts = [0] * n_steps
         while position and time.monotonic() < deadline:
@@ -183,6 +178,14 @@ def run_pipeline(
         gpu_utilisation=gpu_use,
         workers=stats,
     )
+
+
+def step_labels(signature: Any, n_steps: int) -> list[str]:
+    """Progress bar labels, known before anything ran: the chain's task names, short."""
+    declared = [str(sig.task) for sig in getattr(signature, "tasks", ())]
+    if len(declared) != n_steps:
+        return [f"step {k + 1}" for k in range(n_steps)]
+    return [name.rsplit(".", 1)[-1] for name in declared]
 
 
 def _step_name(chains: list[list[AsyncResult]], k: int) -> str:
