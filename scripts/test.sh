@@ -3,7 +3,7 @@
 # and real workers (the suite starts its own redis-server on a free port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 .venv/bin/ruff check taskpool workers tests bench
 .venv/bin/ruff format --check taskpool workers tests bench
 .venv/bin/mypy

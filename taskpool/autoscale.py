@@ -69,7 +69,9 @@ HISTORY = 20
 MAX_CONCURRENCY = {"prefork": 256, "threads": 512, "gevent": 10_000}
 CELERY_THREADS_POOL = "celery.concurrency.thread:TaskPool"
 CELERY_SOLO_POOL = "celery.concurrency.solo:TaskPool"
+CELERY_PREFORK_POOL = "celery.concurrency.prefork:TaskPool"
 THREADS_POOL = "taskpool.pools.threads:TaskPool"
+PREFORK_POOL = "taskpool.pools.prefork:TaskPool"
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -839,7 +841,7 @@ def _queue_probe(app: Any) -> tuple[redis.Redis | None, list[str]]:
 
 # -- wiring --------------------------------------------------------------------------------------
 def configure_worker(app: App, worker: Any) -> None:
-    """At ``worker_init``: swap in the growable threads pool and turn the autoscaler on.
+    """At ``worker_init``: swap in taskpool's threads and prefork pools, turn the autoscaler on.
 
     ``worker.options`` is the dict Celery later passes to the blueprint, so setting
     ``autoscale`` there creates the autoscaler as ``--autoscale`` would.
@@ -852,7 +854,10 @@ def configure_worker(app: App, worker: Any) -> None:
     path = f"{getattr(pool_cls, '__module__', '')}:{getattr(pool_cls, '__qualname__', '')}"
     if path == CELERY_THREADS_POOL:
         pool_cls = worker.pool_cls = symbol_by_name(THREADS_POOL)
+    if path == CELERY_PREFORK_POOL:  # notices a killed child at once (see taskpool/pools/prefork.py)
+        pool_cls = worker.pool_cls = symbol_by_name(PREFORK_POOL)
     if path == CELERY_SOLO_POOL:
+        worker.concurrency = 1  # what solo runs, whatever -c says (the banner showed the CPU count)
         return  # one task at a time by definition: nothing to scale
     try:
         scaler_cls = symbol_by_name(worker.autoscaler_cls)

@@ -10,10 +10,14 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
+import kombu.exceptions
+import redis
 from rich.console import Console
-from rich.table import Table
+from rich.measure import Measurement
+from rich.table import Column, Table
 
 from .errors import TaskpoolError
 from .limits import LimitStore
@@ -34,7 +38,45 @@ def load_app(path: str) -> Any:
     app = getattr(module, attr or "app", None)
     if app is None:
         raise click.BadParameter(f"{path!r} has no attribute {attr or 'app'!r}", param_hint="--app")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        root = ctx.find_root()  # for the one-line error when its Redis is unreachable
+        root.meta[_APP_KEY], root.meta["taskpool.command"] = app, ctx.command_path
     return app
+
+
+_APP_KEY = "taskpool.app"
+#: What an unreachable or refusing broker raises: redis-py directly, kombu (Celery's control).
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
+
+
+def unreachable_message(command: str, url: str | None, exc: BaseException) -> str:
+    """One line: what failed, where (password masked), what to check."""
+    where = f"Redis at {_safe(url)}" if url else "the broker"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    password = urlsplit(url).password if url else None
+    if password:
+        detail = detail.replace(password, "**")
+    return (
+        f"{command}: cannot reach {where} ({detail}). Check that Redis runs there and that "
+        "TASKPOOL_BROKER_URL (else the app's broker_url) names it; `taskpool up` starts one. "
+        "`taskpool --debug ...` shows the traceback."
+    )
+
+
+class Main(click.Group):
+    """The `taskpool` group: a broker that cannot be reached is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UNREACHABLE as exc:
+            if ctx.meta.get("taskpool.debug"):
+                raise
+            app = ctx.meta.get(_APP_KEY)
+            url = app.settings.redis_url if app is not None else os.environ.get("TASKPOOL_BROKER_URL")
+            command = ctx.meta.get("taskpool.command", ctx.command_path)
+            raise click.ClickException(unreachable_message(command, url, exc)) from None
 
 
 app_option = click.option(
@@ -47,9 +89,12 @@ app_option = click.option(
 )
 
 
-@click.group()
-def main() -> None:
+@click.group(cls=Main)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """taskpool: Celery workers per pool type, with retries, dead letters and more."""
+    ctx.meta["taskpool.debug"] = debug
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -84,7 +129,8 @@ def _stack_env_broker() -> str | None:
     broker = os.environ.get("TASKPOOL_BROKER_URL")
     if broker and not redis_reachable(broker):
         raise click.ClickException(
-            f"TASKPOOL_BROKER_URL={_safe(broker)} does not answer; unset it for an embedded Redis"
+            f"taskpool up: cannot reach Redis at TASKPOOL_BROKER_URL={_safe(broker)}. Check that Redis runs "
+            "there, or unset TASKPOOL_BROKER_URL and `taskpool up` starts an embedded one"
         )
     return broker or None
 
@@ -147,7 +193,7 @@ def run_stack(
                 raise click.ClickException(f"app {app_path!r} declares no taskpool task: no worker to start")
             stack = Stack(app_path, project, dict(os.environ), echo=echo)
             where = f"embedded Redis at {_safe(url)} (data in .taskpool/redis)" if embedded else _safe(url)
-            console.print(f"[bold]taskpool up[/]: {where}")
+            console.print(f"[bold]taskpool up[/]: {where}", soft_wrap=True)
             try:
                 stack.start_workers(specs)
                 flower_url = None
@@ -185,7 +231,7 @@ def run_stack(
                         gpu_slots=gpu_slots, watch=watch,
                     )  # fmt: skip
                     for table in summary_tables(report):
-                        console.print(table)
+                        show(table)
                     pools = sorted({s.pool for s in specs})
                     console.print(
                         f"{report.completed} items through {len(pools)} pools in {report.elapsed:.2f} s"
@@ -342,7 +388,7 @@ def run_attached(app_path: str, items: int, timeout: float) -> None:
     pipeline = importlib.import_module(app_path.partition(":")[0]).pipeline
     report = run_pipeline(app, pipeline, items, console=console, timeout=timeout)
     for table in summary_tables(report):
-        console.print(table)
+        show(table)
     if report.completed != items:
         raise click.ClickException(f"{items - report.completed} of {items} item(s) did not complete")
 
@@ -358,19 +404,39 @@ def queue_depth(client: Any, queue: str) -> int:
 @main.command()
 @app_option
 @click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for workers' replies.")
-def status(app_path: str, timeout: float) -> None:
+@click.pass_context
+def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     """Workers by pool (concurrency, in flight), queue depths, slots and limits in use, dead letters."""
     app = load_app(app_path)
+    source = ctx.get_parameter_source("app_path")
+    chosen = "-A" if source == click.core.ParameterSource.COMMANDLINE else (
+        "TASKPOOL_APP" if os.environ.get("TASKPOOL_APP") else "the default; -A or TASKPOOL_APP picks another"
+    )  # fmt: skip
+    client = app.redis
+    client.ping()  # fail fast, before Celery's broadcast retries an unreachable broker
+    console.print(
+        f"app [bold]{app_path}[/] ({chosen}), Redis at {_safe(app.settings.redis_url)}", soft_wrap=True
+    )
     stats = app.control.inspect(timeout=timeout).stats() or {}
     workers = Table(
-        "pool", "worker", "concurrency", "min-max", "target", "in flight", "reserved", "slots held", "waiting"
+        _id_column("pool"),
+        _id_column("worker"),
+        "concurrency",
+        "min-max",
+        "target",
+        "in flight",
+        "reserved",
+        "slots held",
+        "waiting",
     )
     workers.title = f"{len(stats)} worker(s)"
     rows = []
+    consumed: set[str] = set()
     for node, st in stats.items():
         tp = st.get("taskpool") or {}
         pool = tp.get("pool") or node.partition("@")[0]
         rows.append((pool, node, tp, st))
+        consumed.update(tp.get("queues") or ())
     for pool, node, tp, st in sorted(rows, key=lambda r: (r[0], r[1])):
         concurrency = tp.get("concurrency", (st.get("pool") or {}).get("max-concurrency"))
         workers.add_row(
@@ -384,18 +450,30 @@ def status(app_path: str, timeout: float) -> None:
             _counts(tp.get("slots_held")),
             _counts(tp.get("slots_waiting")),
         )
-    console.print(workers)
-    queues = Table("queue", "depth")
+    show(workers)
+    queues = Table(_id_column("queue"), "depth", "consumed by")
     queues.title = "queues"
-    client = app.redis
+    orphans = []
     for pool in POOLS:
         for gpu in (False, True):
             name = app.settings.queue_for(pool, gpu=gpu)
-            queues.add_row(name, str(queue_depth(client, name)))
-    console.print(queues)
+            depth = queue_depth(client, name)
+            nodes = sorted(n for _, n, tp, _ in rows if name in (tp.get("queues") or ()))
+            if depth and name not in consumed:
+                orphans.append((name, depth, pool, gpu))
+            by = ", ".join(nodes) if nodes else ("[red]no worker[/]" if depth else "-")
+            queues.add_row(name, str(depth), by)
+    show(queues)
+    for name, depth, pool, gpu in orphans:
+        need = f"a {pool} worker with GPU slots (TASKPOOL_GPUS >= 1)" if gpu else f"a {pool} worker"
+        console.print(
+            f"[yellow]warning[/]: queue {name} holds {depth} message(s) and no live worker consumes it: "
+            f"they wait until {need} starts (`taskpool worker -A {app_path} --pool {pool}`)",
+            soft_wrap=True,
+        )
     store = LimitStore(client, app.settings.keyspace)
     sizes = store.all()
-    sems = Table("semaphore", "size", "in use", "holders")
+    sems = Table(_id_column("semaphore"), "size", "in use", "holders")
     sems.title = "slots and limits"
     names = semaphore_names(app.redis, app.settings.keyspace)
     for name in names:
@@ -405,8 +483,24 @@ def status(app_path: str, timeout: float) -> None:
     for name, size in sorted(sizes.items()):
         if f"limit:{name}" not in names:
             sems.add_row(f"limit:{name}", str(size), "0", "")
-    console.print(sems)
+    show(sems)
     console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
+
+
+def _id_column(header: str) -> Column:
+    """A column whose values (ids, names) are never wrapped or cut."""
+    return Column(header, no_wrap=True, overflow="ignore")
+
+
+def show(table: Table) -> None:
+    """Print a table whole: as wide as its content needs when the terminal (or the 80 columns rich
+    assumes for a pipe) is narrower, so ids and names are never cut; the terminal wraps lines."""
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    wide = Console(width=natural, file=console.file, force_terminal=console.is_terminal)
+    wide.print(table)
 
 
 def _counts(mapping: dict[str, int] | None) -> str:
@@ -426,12 +520,18 @@ def dead_ls(app_path: str, limit: int) -> None:
     store = load_app(app_path).dead_letters
     records = store.list(limit)
     table = Table(
-        "id", "task", "task id", "attempts", "failed at", "exception", title=f"{store.count()} dead letter(s)"
+        _id_column("id"),
+        _id_column("task"),
+        _id_column("task id"),
+        "attempts",
+        "failed at",
+        Column("exception", overflow="fold", max_width=60),
+        title=f"{store.count()} dead letter(s)",
     )
     for r in records:
         when = dt.datetime.fromtimestamp(r.failed_at).isoformat(timespec="seconds")
         table.add_row(r.id, r.task, r.task_id, str(r.attempts), when, r.exception)
-    console.print(table)
+    show(table)
 
 
 @dead.command("retry")
@@ -439,12 +539,18 @@ def dead_ls(app_path: str, limit: int) -> None:
 @click.argument("record_ids", nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every dead letter.")
 def dead_retry(app_path: str, record_ids: tuple[str, ...], retry_all: bool) -> None:
-    """Send dead letters' tasks again (same task, arguments and rest of chain)."""
+    """Send dead letters' tasks again (same task, arguments and rest of chain).
+
+    RECORD_IDS are ids from `taskpool dead ls`, or unique prefixes of them.
+    """
     app = load_app(app_path)
     store = app.dead_letters
     if retry_all == bool(record_ids):
         raise click.UsageError("give dead-letter ids, or --all")
-    ids = [r.id for r in store.list()] if retry_all else list(record_ids)
+    try:  # ids or unique prefixes of ids, as git takes commits; all resolved before any is sent
+        ids = [r.id for r in store.list()] if retry_all else [store.resolve(i) for i in record_ids]
+    except TaskpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     refused = 0
     for record_id in ids:
         try:
@@ -464,7 +570,7 @@ def dead_retry(app_path: str, record_ids: tuple[str, ...], retry_all: bool) -> N
             options["chain"] = record.chain
         result = app.send_task(record.task, args=record.args, kwargs=record.kwargs, **options)
         store.remove(record_id)  # only after the new message is in the broker
-        console.print(f"retried {record.task} ({record_id}) as task {result.id}")
+        console.print(f"retried {record.task} ({record_id}) as task {result.id}", soft_wrap=True)
     if refused:
         raise SystemExit(1)
 
@@ -491,11 +597,11 @@ def limits_ls(app_path: str) -> None:
     """Sizes of named limits, with the slots in use now."""
     app = load_app(app_path)
     store = LimitStore(app.redis, app.settings.keyspace)
-    table = Table("limit", "size", "in use", "holders")
+    table = Table(_id_column("limit"), "size", "in use", Column("holders", overflow="fold"))
     for name, size in sorted(store.all().items()):
         held = holders_of(app.redis, f"limit:{name}", app.settings.keyspace)
         table.add_row(name, str(size), str(len(held)), ", ".join(sorted({h.owner for h in held})))
-    console.print(table)
+    show(table)
 
 
 @limits.command("set")
@@ -532,7 +638,15 @@ def limits_rm(app_path: str, name: str) -> None:
 def slots(app_path: str) -> None:
     """Who holds which slot: GPU slots, named limits and in-flight caps."""
     app = load_app(app_path)
-    table = Table("semaphore", "slot", "owner (worker:pid)", "task id", "since", "lease expires", "fence")
+    table = Table(
+        _id_column("semaphore"),
+        "slot",
+        _id_column("owner (worker:pid)"),
+        _id_column("task id"),
+        "since",
+        "lease expires",
+        "fence",
+    )
     for name in semaphore_names(app.redis, app.settings.keyspace):
         for h in holders_of(app.redis, name, app.settings.keyspace):
             table.add_row(
@@ -544,7 +658,7 @@ def slots(app_path: str) -> None:
                 _clock(h.expires_at) + (" (expired)" if h.expired else ""),
                 str(h.fence),
             )
-    console.print(table)
+    show(table)
 
 
 def _clock(epoch: float) -> str:
@@ -598,4 +712,4 @@ def scale(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="taskpool")

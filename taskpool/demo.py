@@ -89,7 +89,8 @@ def run_pipeline(
     dead_before = app.dead_letters.count()
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
-    chains = [chain_steps(make_chain(i).apply_async()) for i in range(items)]
+    signatures = [make_chain(i) for i in range(items)]
+    chains = [chain_steps(sig.apply_async()) for sig in signatures]
     names: list[str] = []
     position = dict.fromkeys(range(items), 0)  # chain -> index of its first unfinished step
     failed: set[int] = set()
@@ -105,7 +106,8 @@ def run_pipeline(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        bars = [progress.add_task(f"step {k + 1}", total=items, rate=0.0) for k in range(n_steps)]
+        labels = step_labels(signatures[0], n_steps) if signatures else []
+        bars = [progress.add_task(label, total=items, rate=0.0) for label in labels]
         counts = [0] * n_steps
         while position and time.monotonic() < deadline:
             if watch is not None:
@@ -176,6 +178,14 @@ def run_pipeline(
         gpu_utilisation=gpu_use,
         workers=stats,
     )
+
+
+def step_labels(signature: Any, n_steps: int) -> list[str]:
+    """Progress bar labels, known before anything ran: the chain's task names, short."""
+    declared = [str(sig.task) for sig in getattr(signature, "tasks", ())]
+    if len(declared) != n_steps:
+        return [f"step {k + 1}" for k in range(n_steps)]
+    return [name.rsplit(".", 1)[-1] for name in declared]
 
 
 def _step_name(chains: list[list[AsyncResult]], k: int) -> str:

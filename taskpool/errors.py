@@ -16,7 +16,7 @@ class ConfigurationError(TaskpoolError, ValueError):
 
 
 class DeadLetterNotFound(TaskpoolError, KeyError):
-    """No dead-letter record has that id."""
+    """No dead-letter record has that id (or, for a prefix, several have)."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; a message reads better plain
         return str(self.args[0]) if self.args else ""

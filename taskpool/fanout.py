@@ -89,6 +89,18 @@ class Call(AsyncResult):
     """
 
     _sent: AsyncResult | None = None
+    _task_name: str | None = None  # Celery's AsyncResult ignores its task_name argument
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``AsyncResult.get``; a timeout says when no live worker consumes the queue."""
+        try:
+            return super().get(*args, **kwargs)
+        except CeleryTimeoutError as exc:
+            task = self.app.tasks.get(self._task_name) if self._task_name else None
+            hint = no_consumer_hint(task) if task is not None and not self.ready() else ""
+            if not hint:
+                raise
+            raise CeleryTimeoutError(f"{exc}; {hint}") from exc
 
     def cancel(self, terminate: bool = False) -> None:
         """Revoke the call: a worker that takes it drops it, and its state becomes ``REVOKED``.
@@ -195,7 +207,7 @@ def spawn(task: TaskpoolTask, args: Any, kwargs: Any) -> Call:
     if isinstance(sent, EagerResult):
         return EagerCall(*sent.__reduce_args__())
     call = Call(sent.id, backend=sent.backend, task_name=task.name, app=task.app)
-    call._sent = sent
+    call._sent, call._task_name = sent, task.name
     return call
 
 
@@ -385,6 +397,36 @@ def _check_queue(task: TaskpoolTask, queues: dict[str, Any], count: int) -> None
                 f"task {task.name!r}: queue {name!r} holds {length} message(s), at or above "
                 f"max_queue_length={limit}; nothing of these {count} call(s) was sent, try again later"
             )
+
+
+# -- why a wait timed out -------------------------------------------------------------------------
+#: Seconds the timeout path waits for workers to say which queues they consume.
+CONSUMER_CHECK_TIMEOUT = 1.0
+
+
+def no_consumer_hint(task: Any) -> str:
+    """On a timeout: a sentence naming the task's queue when no live worker consumes it, else "".
+
+    One broadcast (``inspect active_queues``, up to :data:`CONSUMER_CHECK_TIMEOUT` seconds); only
+    called once a wait has already timed out. Any error of the check itself gives "".
+    """
+    try:
+        queues = sorted(_queues_of(task, [((), {})]))
+        replies = task.app.control.inspect(timeout=CONSUMER_CHECK_TIMEOUT).active_queues() or {}
+    except Exception:
+        logger.debug("taskpool: could not tell who consumes %s's queue", task.name, exc_info=True)
+        return ""
+    consumed = {q.get("name") for answer in replies.values() for q in answer or ()}
+    missing = [name for name in queues if name not in consumed]
+    if not missing:
+        return ""
+    opts = getattr(task, "taskpool", None)
+    pool = getattr(opts, "pool", None)
+    start = f" (a `{pool}` worker: `taskpool worker -A <app> --pool {pool}`)" if pool else ""
+    if opts is not None and opts.gpu_slots:
+        start = f" (a `{pool}` worker with GPU slots: TASKPOOL_GPUS >= {opts.gpu_slots})"
+    names = ", ".join(repr(n) for n in missing)
+    return f"no live worker consumes queue {names} ({len(replies)} worker(s) answered): start one{start}"
 
 
 # -- the result channel ---------------------------------------------------------------------------
@@ -628,10 +670,12 @@ class _MapRun:
 
     def _timed_out(self) -> CeleryTimeoutError:
         unfinished = len(self.outstanding) - len(self.done)
+        hint = no_consumer_hint(self.task)
         return CeleryTimeoutError(
             f"task {self.task.name!r}: map timed out after {self.given_timeout} s with "
             f"{len(self.outstanding)} result(s) outstanding ({unfinished} unfinished, revoked); "
             f"{self.submitted - len(self.outstanding)} of {self.submitted} sent were returned"
+            + (f"; {hint}" if hint else "")
         )
 
     def _abandon(self) -> None:

@@ -123,6 +123,30 @@ class DeadLetterStore:
             raise DeadLetterNotFound(f"no dead letter with id {record_id!r}; see `taskpool dead ls`")
         return DeadLetter.from_json(raw)
 
+    def resolve(self, id_or_prefix: str) -> str:
+        """The id of the one record whose id is ``id_or_prefix`` or starts with it (as git takes
+        commit prefixes).
+
+        Raises:
+            DeadLetterNotFound: no record matches, or several do (the message lists them).
+        """
+        if id_or_prefix and self.client.hexists(self.records_key, id_or_prefix):
+            return id_or_prefix
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in id_or_prefix) + "*"
+        matches = sorted(
+            k.decode() if isinstance(k, bytes) else str(k)
+            for k, _ in self.client.zscan_iter(self.index_key, match=pattern)
+        ) if id_or_prefix else []  # fmt: skip
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise DeadLetterNotFound(f"no dead letter with id {id_or_prefix!r}; see `taskpool dead ls`")
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise DeadLetterNotFound(
+            f"dead-letter id prefix {id_or_prefix!r} is ambiguous: {len(matches)} records match "
+            f"({shown}); give more characters"
+        )
+
     def list(self, limit: int | None = None) -> list[DeadLetter]:
         """Newest first."""
         end = -1 if limit is None else limit - 1

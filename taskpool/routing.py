@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from .errors import ConfigurationError
 from .settings import POOLS, Settings
@@ -36,7 +36,10 @@ _POOL_CLASSES = {
 
 def queues(settings: Settings) -> tuple[Queue, ...]:
     names = [settings.queue_for(pool, gpu) for pool in POOLS for gpu in (False, True)]
-    return tuple(Queue(name, routing_key=name) for name in names)
+    # Each queue gets a direct exchange of its own name: without one Celery binds every queue to
+    # task_default_exchange (the default pool's queue name), which the worker banner then shows.
+    # Celery publishes to direct queues through the anonymous exchange, so routing is unchanged.
+    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names)
 
 
 def redis_queue_keys(queue: str) -> list[str]:

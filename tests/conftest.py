@@ -52,9 +52,11 @@ def wait_for(
         time.sleep(interval)
 
 
-def taskpool_cli(app_module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real `taskpool` command against ``app_module``."""
-    env = dict(os.environ, TASKPOOL_APP=app_module, PYTHONPATH=str(ROOT), COLUMNS="200")
+def taskpool_cli(
+    app_module: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `taskpool` command against ``app_module`` (``env`` overrides variables)."""
+    env = {**os.environ, "TASKPOOL_APP": app_module, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
     cmd = [sys.executable, "-m", "taskpool.cli", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 

@@ -63,6 +63,13 @@ def on_gpu(key: str, seconds: float) -> dict[str, Any]:
     return record(key, seconds, device=str(torch_device()))
 
 
+@app.task(pool="prefork", gpu_slots=1)
+def on_gpu_slow_once(key: str, seconds: float) -> dict[str, Any]:
+    """Takes ``seconds`` on its first attempt and returns at once when redelivered."""
+    first = app.redis.llen(f"{key}:started") == 0
+    return record(key, seconds if first else 0.0)
+
+
 class RecordsHoldersAfterReturn(app.Task):  # type: ignore[name-defined,misc]
     """Runs ``after_return`` in the pool process, after the result was stored and before the
     worker's main process hears of the end: records who holds the task's GPU slot then."""

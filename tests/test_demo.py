@@ -40,3 +40,13 @@ def test_demo_runs_pipeline_on_embedded_redis_and_stops_everything(tmp_path: Pat
     assert "workers.pipeline.download" in logs["worker-gevent.log"]
     assert "workers.pipeline.run_model" in logs["worker-prefork.log"]
     assert "workers.pipeline.save" in logs["worker-threads.log"]
+
+
+def test_progress_bars_are_named_before_any_step_finished() -> None:
+    from celery import chain, signature
+
+    from taskpool.demo import step_labels
+
+    steps = chain(*(signature(f"workers.pipeline.{n}") for n in ("download", "run_model", "save")))
+    assert step_labels(steps, 3) == ["download", "run_model", "save"]
+    assert step_labels(signature("x.one"), 3) == ["step 1", "step 2", "step 3"]

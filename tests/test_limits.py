@@ -98,9 +98,8 @@ def test_pool_process_frees_the_slot_as_soon_as_the_function_returns(lim: Any, s
     key = f"gpuearly-{os.urandom(3).hex()}"
     for r in [lim.on_gpu_then_check.delay(key, 0.1) for _ in range(3)]:
         r.get(timeout=60)
-    # after_return runs after the result is stored: the last record may come just after get().
-    wait_for(lambda: lim.app.redis.llen(f"{key}:holders_after_return") == 3, 10, what="3 records")
-    seen = [json.loads(x) for x in lim.app.redis.lrange(f"{key}:holders_after_return", 0, -1)]
+    # after_return runs after the result is stored, so .get() can return before its record lands.
+    seen = records(lim, f"{key}:holders_after_return", 3)
     assert len(seen) == 3
     for entry in seen:
         assert entry["task"] not in entry["holders"], entry  # already released by the pool process
@@ -114,20 +113,32 @@ def test_worker_without_gpu_slots_never_takes_a_gpu_task(lim: Any, start_worker:
 
 
 def test_sigkilled_child_frees_its_gpu_slot_at_once(lim: Any, start_worker: Any) -> None:
-    start_worker("prefork", "gpukill", 2, TASKPOOL_GPUS="1")
+    """The main process frees a killed child's slot when it sees the child die: not at lease
+    expiry, not when the task would have ended. Checked from records, not from this test's clock
+    (a busy machine delays everything here; DEVELOPERS.md has the race behind the old 3 s)."""
+    worker = start_worker("prefork", "gpukill", 2, TASKPOOL_GPUS="1", TASKPOOL_LEASE_TTL="600")
     app = lim.app
     key = f"gpukill-{os.urandom(3).hex()}"
-    result = lim.on_gpu.delay(key, 3.0)
+    result = lim.on_gpu_slow_once.delay(key, 600.0)  # the first attempt would hold the slot 10 min
     first = int(wait_for(lambda: app.redis.lindex(f"{key}:started", 0), 30, what="task start"))
     sem = Semaphore(app.redis, f"gpu:{os.uname().nodename}", 1, keyspace="lim")
     [held] = sem.holders()
     assert held.task_id == result.id
     os.kill(first, signal.SIGKILL)
-    killed_at = time.monotonic()
-    wait_for(lambda: all(h.fence != held.fence for h in sem.holders()), 10, interval=0.01, what="slot freed")
-    freed_in = time.monotonic() - killed_at
-    assert freed_in < 1.0, freed_in  # the parent released it, not the lease expiry (30 s)
-    assert result.get(timeout=60)["gpus"] == [0]  # and the task itself ran again, on the slot
+    again = result.get(timeout=90)  # redelivered at once, and it got the only slot
+    assert again["gpus"] == [0] and again["pid"] != first
+    # The slot went free long before the killed attempt's end or its lease's expiry: the main
+    # process released it (a lease that expires is not counted as released).
+    assert again["start"] < held.since + 600 and again["start"] < held.expires_at
+
+    def gate() -> dict[str, Any]:
+        stats = app.control.inspect([worker.hostname], timeout=5).stats() or {}
+        return dict(stats[worker.hostname]["taskpool_admission"])
+
+    # The result is stored before the main process hears of the end: wait for its release.
+    wait_for(lambda: gate()["released"] == 2, 30, what="the second attempt's release")
+    assert gate()["lost_leases"] == 0
+    assert "WorkerLostError" in worker.log()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

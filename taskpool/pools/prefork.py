@@ -1,0 +1,61 @@
+"""Celery's prefork pool, noticing a killed child at once: what ``-P prefork`` workers run on.
+
+Celery's ``AsynPool`` watches each child's sentinel (a pipe the child holds open) and, when
+it turns readable, reaps the child and fails its job with ``WorkerLostError``. The pipe closes
+while the kernel tears the child down, a moment before ``waitpid`` can reap it: when the main
+process wakes in that moment (likely on a busy machine), the reap finds the child still there,
+the sentinel is already unregistered, and the death is noticed only at the pool's next
+maintenance tick, up to 5 s later. Until then the killed task's GPU slots and limits stay held
+and nothing is redelivered. This pool retries the reap a few times over about a second, so the
+child is joined within milliseconds of its death.
+
+``configure_worker`` in :mod:`taskpool.autoscale` swaps it in for Celery's prefork pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billiard.pool import RUN
+from celery.concurrency import asynpool, prefork
+from celery.utils.log import get_logger
+
+__all__ = ["TaskPool"]
+
+#: Seconds before the first retried reap; each next waits twice as long, up to REAP_PATIENCE.
+REAP_FIRST_DELAY = 0.002
+REAP_PATIENCE = 1.0
+
+logger = get_logger(__name__)
+
+
+class AsynPool(asynpool.AsynPool):
+    """``AsynPool`` whose sentinel handler retries the reap of a child not yet reapable."""
+
+    def _event_process_exit(self, hub: Any, proc: Any) -> None:
+        super()._event_process_exit(hub, proc)  # untracks the sentinel, then maintain_pool()
+        if proc in self._pool:  # exited, but not reapable yet: maintain_pool() left it in the pool
+            logger.debug("taskpool: pool process %s closed its sentinel before it could be reaped", proc.pid)
+            self._reap_later(hub, proc, REAP_FIRST_DELAY)
+
+    def _reap_later(self, hub: Any, proc: Any, delay: float) -> None:
+        def again() -> None:
+            if self._state != RUN or proc not in self._pool:
+                return
+            self.maintain_pool()
+            if proc in self._pool and delay * 2 <= REAP_PATIENCE:
+                self._reap_later(hub, proc, delay * 2)  # else Celery's 5 s maintenance tick finds it
+
+        hub.call_later(delay, again)
+
+
+class TaskPool(prefork.TaskPool):
+    """Celery's prefork ``TaskPool`` on :class:`AsynPool`.
+
+    Attributes:
+        taskpool_pool: the taskpool pool this class serves (read by
+            :func:`taskpool.routing.pool_of_worker`).
+    """
+
+    taskpool_pool = "prefork"
+    Pool = AsynPool
