@@ -295,6 +295,7 @@ def test_threads_pool_shrinks_only_idle_threads(threads_pool: ThreadsPool) -> No
         threads_pool.apply_async(job)
     for _ in range(3):
         assert started.acquire(timeout=5)
+    wait_for(lambda: threads_pool.idle == 1, timeout=5)  # the 4th thread, just started, waits for work
     assert threads_pool.shrink(3) == 1  # only the one idle thread goes
     with pytest.raises(ValueError, match="All threads busy"):
         threads_pool.shrink(1)

@@ -296,7 +296,16 @@ def test_sigint_stops_everything_gracefully_and_loses_no_task(stack: RunningStac
     pids_before = processes_with(stack.marker)
     assert len(pids_before) >= 6  # up, 3 workers (+ prefork children), flower
     stack.process.send_signal(signal.SIGINT)
-    assert stack.process.wait(90) == 0, stack.output
+    try:
+        code = stack.process.wait(90)
+    except subprocess.TimeoutExpired:  # say what each service was doing (seen twice under load)
+        tails = "\n".join(
+            f"--- {log.name}:\n{log.read_text(errors='replace')[-1500:]}"
+            for log in sorted((stack.project / ".taskpool" / "logs").glob("*.log"))
+        )
+        output = stack.output[-2000:]
+        raise AssertionError(f"taskpool up still runs 90 s after SIGINT:\n{output}\n{tails}") from None
+    assert code == 0, stack.output
     assert "stopped cleanly" in stack.output
     wait_for(lambda: not processes_with(stack.marker), 10, what="every process of the stack to exit")
     logs = stack.project / ".taskpool" / "logs"
