@@ -207,7 +207,7 @@ def test_unreachable_broker_is_reported_with_its_password_masked() -> None:
     })  # fmt: skip
     assert done.returncode == 1
     assert PASSWORD not in done.stdout + done.stderr
-    assert "redis://:**@127.0.0.1" in done.stderr and "does not answer" in done.stderr
+    assert "redis://:**@127.0.0.1" in done.stderr and "cannot reach Redis" in done.stderr
 
 
 # -- JSON only, on the final configuration ---------------------------------------------------------
