@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from bench.apps.plain_conf import BROKER_URL, plain_celery
+from bench.apps.plain_conf import broker_url, plain_celery
 
 app = plain_celery("bench_admission_plain", "bench.admission.plain")
 
@@ -23,7 +23,7 @@ _client: tuple[int, redis.Redis] | None = None
 def _redis() -> redis.Redis:
     global _client
     if _client is None or _client[0] != os.getpid():  # one client per (forked) process
-        _client = (os.getpid(), redis.Redis.from_url(BROKER_URL))
+        _client = (os.getpid(), redis.Redis.from_url(broker_url()))
     return _client[1]
 
 

@@ -15,16 +15,24 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/1")
+
+def broker_url() -> str:
+    """``BENCH_BROKER_URL``, read when an app is built (not at import: a bench imports this module
+    before it starts its own Redis). No default: a bench never talks to the machine's Redis."""
+    url = os.environ.get("BENCH_BROKER_URL")
+    if not url:
+        raise RuntimeError("BENCH_BROKER_URL is not set: the benches start their own redis-server and set it")
+    return url
 
 
 def plain_celery(name: str, queue: str) -> Celery:
     """A ``celery.Celery`` on ``BENCH_BROKER_URL`` with taskpool's defaults, consuming ``queue``."""
     transport = json.loads(os.environ.get("BENCH_BROKER_TRANSPORT_OPTIONS") or "{}")
+    url = broker_url()
     app = Celery(name)
     app.conf.update(
-        broker_url=BROKER_URL,
-        result_backend=BROKER_URL,  # taskpool: the backend follows the broker
+        broker_url=url,
+        result_backend=url,  # taskpool: the backend follows the broker
         broker_transport_options={"visibility_timeout": 3600, **transport},  # taskpool sets 3600
         task_serializer="json",
         result_serializer="json",

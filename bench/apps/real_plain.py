@@ -8,16 +8,14 @@ Celery user would do it; the other tasks use Celery's default queue.
 
 from __future__ import annotations
 
-import os
 import time
 
 from celery import Celery
 
+from bench.apps.plain_conf import broker_url
 from bench.apps.work import busy
 
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/1")
-
-app = Celery("real_plain", broker=BROKER_URL, backend=BROKER_URL)
+app = Celery("real_plain", broker=broker_url(), backend=broker_url())
 app.conf.task_routes = {
     "bench.apps.real_plain.download": {"queue": "real.gevent"},
     "bench.apps.real_plain.model": {"queue": "real.prefork"},
