@@ -5,7 +5,6 @@ running, held or reserved request occupies the prefetch window. :func:`tune_work
 time unless the user chose otherwise:
 
 - the prefetch multiplier that suits the pool (:data:`~taskpool.settings.PREFETCH_MULTIPLIER`);
-
 - on gevent, one result backend for the whole worker (``result_backend_thread_safe``): Celery keeps
   a backend per thread, and on gevent every task runs in a new greenlet, so each task built a
   backend (with ``importlib.metadata`` reads) and opened a new Redis connection, about 1 ms a task;
@@ -22,14 +21,11 @@ window is full, so a freed slot is used within :data:`FULL_WINDOW_POLL` seconds.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import bootsteps
 
 from .settings import PREFETCH_MULTIPLIER
-
-logger = logging.getLogger("taskpool.tuning")
 
 #: Seconds a gevent worker's consumer waits, while its prefetch window is full, before it looks
 #: at the window again (kombu would wait up to 2 s).

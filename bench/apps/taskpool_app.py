@@ -1,30 +1,13 @@
-"""The taskpool side of bench/fanout_bench.py: one no-op task per pool, taskpool's defaults.
+"""The taskpool side of bench/fanout_bench.py: the no-op tasks of bench/throughput.py's app.
 
-``config=False``: no config module; the broker comes from ``TASKPOOL_BROKER_URL`` at import.
-A worker started with ``-P <pool>`` consumes only that pool's queue, hence one task per pool.
+``config=False`` there: no config module; the broker comes from ``TASKPOOL_BROKER_URL`` at import.
 """
 
 from __future__ import annotations
 
-from taskpool import TaskPool
+from bench.apps.real_taskpool import app, noop_gevent, noop_prefork, noop_threads
 
-app = TaskPool("bench_taskpool", config=False)
-
-
-@app.task(pool="prefork")
-def noop_prefork() -> None:
-    return None
-
-
-@app.task(pool="threads")
-def noop_threads() -> None:
-    return None
-
-
-@app.task(pool="gevent")
-def noop_gevent() -> None:
-    return None
-
+__all__ = ["NOOP", "app"]
 
 #: The task a worker of each pool serves.
 NOOP = {"prefork": noop_prefork, "threads": noop_threads, "gevent": noop_gevent}
