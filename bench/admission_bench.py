@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.semaphore_bench import contended, handoff_gaps, percentile, uncontended  # noqa: E402
-from taskpool.embedded import RedisServer  # noqa: E402
+from taskpool.ops.embedded import RedisServer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "admission.json"
 SLOTS = 2

@@ -37,7 +37,7 @@ TARGET = 0.9
 
 if __name__ != "__main__":  # imported by the workers (and by the bench below, as the app)
     from taskpool import TaskPool
-    from taskpool.settings import Settings
+    from taskpool.core.settings import Settings
 
     app = TaskPool(
         "autoscale_bench",
@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from taskpool.embedded import RedisServer
+    from taskpool.ops.embedded import RedisServer
 
     with (
         tempfile.TemporaryDirectory(prefix="autoscale-bench-") as tmp,

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="see bench/apps/batch_apps.py")
     args = parser.parse_args(argv)
 
-    from taskpool.embedded import RedisServer, free_port
+    from taskpool.ops.embedded import RedisServer, free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis", port=free_port(), appendonly=False)

@@ -128,7 +128,7 @@ def client_round_trips() -> Iterator[dict[str, int]]:
 # -- the fan-out publish section ------------------------------------------------------------------
 def _run_side(side: str, tasks: dict[str, Any], n: int) -> tuple[float, list[Any]]:
     """Seconds to publish ``n`` messages one way; the results are returned, kept until timed."""
-    from taskpool import fanout
+    from taskpool.client import fanout
 
     start = time.perf_counter()
     if side == "plain .delay()":
@@ -144,7 +144,7 @@ def bench_fanout_publish(
     args: argparse.Namespace, clients: dict[str, Any], tasks: dict[str, Any]
 ) -> dict[str, Any]:
     """Every round, each side once (order rotating); medians, ratios and Redis counters."""
-    from taskpool import fanout
+    from taskpool.client import fanout
 
     n = args.inputs
     samples: dict[str, list[float]] = {side: [] for side in SIDES}
@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     import redis
 
     from bench.apps.plain_conf import TRANSPORT_OPTIONS, fairness
-    from taskpool.embedded import RedisServer, free_port
-    from taskpool.settings import DEFAULTS
+    from taskpool.core.settings import DEFAULTS
+    from taskpool.ops.embedded import RedisServer, free_port
 
     began = time.monotonic()
     sections: dict[str, Any] = {}

@@ -20,8 +20,8 @@ import time
 
 import redis
 
-from taskpool.embedded import RedisServer
-from taskpool.semaphores import Semaphore
+from taskpool.ops.embedded import RedisServer
+from taskpool.stores.semaphores import Semaphore
 
 
 def percentile(values: list[float], q: float) -> float:

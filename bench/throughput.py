@@ -191,7 +191,7 @@ def run_group(group: Group, kind: str, mod: Any, env: dict[str, str], log_dir: P
 def run_bench(args: argparse.Namespace, chosen: list[Group]) -> list[str]:
     import redis
 
-    from taskpool.embedded import RedisServer, free_port
+    from taskpool.ops.embedded import RedisServer, free_port
 
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="taskpool-bench-") as tmp:

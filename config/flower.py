@@ -8,7 +8,7 @@ dashboard, its API and /metrics are never open. /healthcheck answers "OK" to any
 
 import os
 
-from taskpool.flower import check_basic_auth, protect_metrics
+from taskpool.ops.flower import check_basic_auth, protect_metrics
 
 address = os.environ.get("FLOWER_ADDRESS", "127.0.0.1")
 port = int(os.environ.get("FLOWER_PORT", "5555"))

@@ -1,7 +1,17 @@
 """taskpool: a worker framework on Celery and Redis for mixed I/O, CPU and GPU work.
 
-Names are imported on first use, so ``import taskpool.semaphores`` (Redis only) does not
-import Celery.
+The packages follow where their code runs (DEVELOPERS.md has the map):
+
+- ``taskpool.core``: pure definitions (options, settings, names, limits, errors);
+- ``taskpool.stores``: Redis state with no Celery (semaphores, limit sizes, dead letters, queues);
+- ``taskpool.runtime``: what runs inside the process that executes a task;
+- ``taskpool.client``: the app, the task class, routing and fan-out (every caller);
+- ``taskpool.worker``: the worker's main process (admission, batching, autoscaling, pools);
+- ``taskpool.ops``: the command line, the local stack, the embedded Redis and the demo;
+- ``taskpool.compat``: every private Celery, kombu and billiard internal taskpool relies on.
+
+Names are imported on first use, so ``import taskpool.stores.semaphores`` (Redis only) does
+not import Celery. Modules that moved keep their old dotted paths (see ``_moved``).
 """
 
 from __future__ import annotations
@@ -9,12 +19,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._moved import install as _install_moved
+
 if TYPE_CHECKING:
-    from .app import TaskPool
-    from .batching import Batch
-    from .errors import ConfigurationError, TaskpoolError
-    from .gpu import current_gpus, torch_device
-    from .options import TaskOptions
+    from .client.app import TaskPool
+    from .core.errors import ConfigurationError, TaskpoolError
+    from .core.options import Batch, TaskOptions
+    from .runtime.gpu import current_gpus, torch_device
 
 __all__ = [
     "Batch",
@@ -28,14 +39,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 _WHERE = {
-    "TaskPool": ".app",
-    "Batch": ".batching",
-    "TaskOptions": ".options",
-    "ConfigurationError": ".errors",
-    "TaskpoolError": ".errors",
-    "current_gpus": ".gpu",
-    "torch_device": ".gpu",
+    "TaskPool": ".client.app",
+    "Batch": ".core.options",
+    "TaskOptions": ".core.options",
+    "ConfigurationError": ".core.errors",
+    "TaskpoolError": ".core.errors",
+    "current_gpus": ".runtime.gpu",
+    "torch_device": ".runtime.gpu",
 }
+
+_install_moved()
 
 
 def __getattr__(name: str) -> Any:

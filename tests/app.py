@@ -183,6 +183,6 @@ def flaky_exact(key: str, failures: int) -> int:
 @app.task(pool="threads")
 def raise_error(class_name: str, message: str) -> None:
     """Raises taskpool's error class ``class_name``, for the result-backend round trip."""
-    from taskpool import errors
+    from taskpool.core import errors
 
     raise getattr(errors, class_name)(message)

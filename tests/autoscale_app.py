@@ -18,7 +18,7 @@ import os
 import time
 
 from taskpool import TaskPool
-from taskpool.settings import Settings
+from taskpool.core.settings import Settings
 
 KEYSPACE = "autoscale-test"
 

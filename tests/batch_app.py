@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from taskpool import TaskPool, current_gpus
-from taskpool.batching import Batch
-from taskpool.settings import Settings
+from taskpool.core.options import Batch
+from taskpool.core.settings import Settings
 
 app = TaskPool(
     "batches", config=False, settings=Settings.from_env(base={"queue_prefix": "bat.", "keyspace": "bat"})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskpool.embedded import RedisServer
+from taskpool.ops.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def taskpool_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `taskpool` command against ``app_module`` (``env`` overrides variables)."""
     env = {**os.environ, "TASKPOOL_APP": app_module, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})}
-    cmd = [sys.executable, "-m", "taskpool.cli", *args]
+    cmd = [sys.executable, "-m", "taskpool", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

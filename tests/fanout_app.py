@@ -15,8 +15,8 @@ import time
 import redis
 
 from taskpool import TaskPool
-from taskpool.routing import redis_queue_keys
-from taskpool.settings import Settings
+from taskpool.client.routing import redis_queue_keys
+from taskpool.core.settings import Settings
 
 app = TaskPool(
     "fanout", config=False, settings=Settings.from_env(base={"queue_prefix": "fan.", "keyspace": "fan"})

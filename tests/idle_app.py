@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from taskpool import TaskPool
-from taskpool.settings import Settings
+from taskpool.core.settings import Settings
 
 app = TaskPool(
     "idle", config=False, settings=Settings.from_env(base={"queue_prefix": "idle.", "keyspace": "idle"})

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from taskpool import TaskPool, current_gpus, torch_device
-from taskpool.settings import Settings
+from taskpool.core.settings import Settings
 
 app = TaskPool(
     "limits", config=False, settings=Settings.from_env(base={"queue_prefix": "lim.", "keyspace": "lim"})
@@ -77,7 +77,7 @@ class RecordsHoldersAfterReturn(app.Task):  # type: ignore[name-defined,misc]
     def after_return(
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        from taskpool.semaphores import holders_of
+        from taskpool.stores.semaphores import holders_of
 
         holders = [h.task_id for h in holders_of(app.redis, f"gpu:{os.uname().nodename}", keyspace="lim")]
         push(f"{args[0]}:holders_after_return", json.dumps({"task": task_id, "holders": holders}))

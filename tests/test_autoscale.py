@@ -210,7 +210,7 @@ def test_celery_control_autoscale_and_taskpool_scale_take_effect(
     assert "not supported with autoscale" in refused[0][worker.hostname]["error"]
 
     env = dict(os.environ, TASKPOOL_BROKER_URL=as_broker, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "taskpool.cli", "scale", "-A", "tests.autoscale_app", "--pool", "threads"]
+    argv = [sys.executable, "-m", "taskpool", "scale", "-A", "tests.autoscale_app", "--pool", "threads"]
     done = subprocess.run(
         [*argv, "--min", "1", "--max", "2", "--buffer", "0", "--cooldown", "0.5"],
         cwd=ROOT,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from taskpool import TaskPool
-from taskpool.autoscale import (
+from taskpool.core.errors import ConfigurationError
+from taskpool.worker.autoscale import (
     AutoscaleConfig,
     CallbackAutoscaler,
     PoolStats,
@@ -21,8 +22,7 @@ from taskpool.autoscale import (
     register_modifier,
     wants_stats,
 )
-from taskpool.errors import ConfigurationError
-from taskpool.pools.threads import TaskPool as ThreadsPool
+from taskpool.worker.pools.threads import TaskPool as ThreadsPool
 from tests.conftest import wait_for
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from celery.exceptions import TaskRevokedError
 
-from taskpool.batching import Batch
-from taskpool.errors import BatchError, ConfigurationError
+from taskpool.core.errors import BatchError, ConfigurationError
+from taskpool.core.options import Batch
 
 from .conftest import Worker, wait_for
 

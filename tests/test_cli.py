@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from taskpool.embedded import free_port
-from taskpool.retry import DeadLetter
-from taskpool.routing import redis_queue_keys
+from taskpool.client.routing import redis_queue_keys
+from taskpool.ops.embedded import free_port
+from taskpool.stores.dead_letters import DeadLetter
 from tests.conftest import Worker, taskpool_cli
 
 PASSWORD = "s3cret-pw"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskpool.settings import POOLS
+from taskpool.core.settings import POOLS
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_PROFILES = ("--profile", "gpu", "--profile", "demo")

@@ -27,7 +27,7 @@ def test_taskpool_worker_command_serves_its_pool_with_defaults(
     cmd = [
         sys.executable,
         "-m",
-        "taskpool.cli",
+        "taskpool",
         "worker",
         "-A",
         "tests.app",

@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from taskpool.stack import redis_reachable
+from taskpool.ops.stack import redis_reachable
 
 
 def test_demo_runs_pipeline_on_embedded_redis_and_stops_everything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPOOL_")}  # nothing configured
     env.update(TASKPOOL_OUTPUT_DIR=str(tmp_path / "out"), COLUMNS="200")
     done = subprocess.run(
-        [sys.executable, "-m", "taskpool.cli", "demo", "--items", "5"],
+        [sys.executable, "-m", "taskpool", "demo", "--items", "5"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -45,7 +45,7 @@ def test_demo_runs_pipeline_on_embedded_redis_and_stops_everything(tmp_path: Pat
 def test_progress_bars_are_named_before_any_step_finished() -> None:
     from celery import chain, signature
 
-    from taskpool.demo import step_labels
+    from taskpool.ops.demo import step_labels
 
     steps = chain(*(signature(f"workers.pipeline.{n}") for n in ("download", "run_model", "save")))
     assert step_labels(steps, 3) == ["download", "run_model", "save"]

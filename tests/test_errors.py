@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from taskpool import errors
+from taskpool.core import errors
 from tests.conftest import Worker
 
 

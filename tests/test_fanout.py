@@ -22,9 +22,9 @@ from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from taskpool import fanout
-from taskpool.errors import ConfigurationError, QueueFull
-from taskpool.routing import redis_queue_keys
+from taskpool.client import fanout
+from taskpool.client.routing import redis_queue_keys
+from taskpool.core.errors import ConfigurationError, QueueFull
 from tests.conftest import Worker, wait_for
 
 THREADS = "fan-threads@test"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from taskpool.embedded import RedisServer
-from taskpool.semaphores import Semaphore
+from taskpool.ops.embedded import RedisServer
+from taskpool.stores.semaphores import Semaphore
 from tests.conftest import Worker, taskpool_cli, wait_for
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from taskpool.errors import MalformedMessage
-from taskpool.retry import DeadLetterStore
+from taskpool.core.errors import MalformedMessage
+from taskpool.stores.dead_letters import DeadLetterStore
 from tests.conftest import ROOT, Worker, wait_for
 
 PREFIX = "mal."
@@ -31,7 +31,7 @@ ENV = {"TASKPOOL_QUEUE_PREFIX": PREFIX, "TASKPOOL_KEYSPACE": KEYSPACE}
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real `taskpool` command, on this test's keyspace."""
     env = dict(os.environ, TASKPOOL_APP="tests.app", PYTHONPATH=str(ROOT), COLUMNS="400", **ENV)
-    cmd = [sys.executable, "-m", "taskpool.cli", *args]
+    cmd = [sys.executable, "-m", "taskpool", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

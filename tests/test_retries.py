@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry  # noqa: F401  (documented control flow; never caught by retry_on)
 
-from taskpool.retry import Backoff
+from taskpool.core.backoff import Backoff
 from tests.conftest import Worker, taskpool_cli
 
 # Retries are scheduled by the worker's timer; allow this much lateness on a busy 2-core machine.

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskpool.embedded import RedisServer, free_port
+from taskpool.ops.embedded import RedisServer, free_port
 from tests.conftest import ROOT, Worker, wait_for
 from tests.test_compose import compose, project, resolved  # noqa: F401 (fixture)
 
@@ -104,7 +104,7 @@ def test_flower_refuses_weak_credentials(redis_url: str, tmp_path: Path, auth: s
 
 def test_taskpool_up_refuses_weak_flower_credentials_before_starting_anything(tmp_path: Path) -> None:
     done = run(
-        [sys.executable, "-m", "taskpool.cli", "up", "-A", "tests.app", "--flower-port", "0"],
+        [sys.executable, "-m", "taskpool", "up", "-A", "tests.app", "--flower-port", "0"],
         {"FLOWER_BASIC_AUTH": "admin:", "TASKPOOL_BROKER_URL": ""},
     )
     assert done.returncode == 1
@@ -188,7 +188,7 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
         outputs += [done.stdout, done.stderr]
         assert done.returncode == 0 and done.stdout.startswith("threads"), done.stderr
         for args in (["status"], ["dead", "ls"], ["limits", "ls"], ["slots"]):
-            cli = run([sys.executable, "-m", "taskpool.cli", *args, "-A", "tests.app"], env)
+            cli = run([sys.executable, "-m", "taskpool", *args, "-A", "tests.app"], env)
             outputs += [cli.stdout, cli.stderr]
             assert cli.returncode == 0, cli.stderr
     finally:
@@ -202,7 +202,7 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
 
 def test_unreachable_broker_is_reported_with_its_password_masked() -> None:
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
-    done = run([sys.executable, "-m", "taskpool.cli", "up", "-A", "tests.app", "--no-flower"], {
+    done = run([sys.executable, "-m", "taskpool", "up", "-A", "tests.app", "--no-flower"], {
         "TASKPOOL_BROKER_URL": url
     })  # fmt: skip
     assert done.returncode == 1

@@ -17,8 +17,8 @@ from collections import defaultdict
 import pytest
 import redis
 
-from taskpool.embedded import RedisServer
-from taskpool.semaphores import Semaphore
+from taskpool.ops.embedded import RedisServer
+from taskpool.stores.semaphores import Semaphore
 
 pytestmark = pytest.mark.timeout(60)
 

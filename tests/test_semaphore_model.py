@@ -24,8 +24,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from taskpool.errors import ConfigurationError
-from taskpool.semaphores import Lease, LeaseLost, Semaphore, SlotTimeout
+from taskpool.core.errors import ConfigurationError
+from taskpool.stores.semaphores import Lease, LeaseLost, Semaphore, SlotTimeout
 
 pytestmark = pytest.mark.timeout(60)
 

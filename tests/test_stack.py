@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from taskpool.embedded import RedisServer, free_port
+from taskpool.ops.embedded import RedisServer, free_port
 
 from .conftest import wait_for
 
@@ -104,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         COLUMNS="220",
     )
     flower_port = free_port()
-    cmd = [sys.executable, "-m", "taskpool.cli", "up", "--demo", "--items", str(ITEMS)]
+    cmd = [sys.executable, "-m", "taskpool", "up", "--demo", "--items", str(ITEMS)]
     cmd += ["--flower-port", str(flower_port), "--metrics-port", str(free_port_block(3))]
     proc = subprocess.Popen(
         cmd, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -207,7 +207,7 @@ def test_metrics_count_what_ran(stack: RunningStack) -> None:
 def test_status_shows_workers_queues_and_dead_letters(stack: RunningStack) -> None:
     env = dict(os.environ, TASKPOOL_BROKER_URL=stack.redis.url, PYTHONPATH=str(ROOT), COLUMNS="220")
     done = subprocess.run(
-        [sys.executable, "-m", "taskpool.cli", "status"],
+        [sys.executable, "-m", "taskpool", "status"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -12,7 +12,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from taskpool.embedded import RedisServer
+from taskpool.ops.embedded import RedisServer
 
 from .conftest import wait_for
 from .test_stack import processes_with, run_client
@@ -51,7 +51,7 @@ def test_up_runs_gpu_tasks_on_the_gpu_worker_and_reports_a_crash(tmp_path: Path)
         marker = uuid.uuid4().hex
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "FLOWER_"))}
         env.update(TASKPOOL_BROKER_URL=server.url, TASKPOOL_TEST_STACK=marker, PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, "-m", "taskpool.cli", "up", "-A", "tests.stack_gpu_app", "--no-flower"]
+        cmd = [sys.executable, "-m", "taskpool", "up", "-A", "tests.stack_gpu_app", "--no-flower"]
         cmd += ["--metrics-port", "0", "--gpus", "2"]
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from taskpool.errors import ConfigurationError, MessageTooLarge
-from taskpool.limits import LimitStore
+from taskpool.core.errors import ConfigurationError, MessageTooLarge
+from taskpool.stores.limits import LimitStore
 from tests.conftest import Worker, taskpool_cli
 
 

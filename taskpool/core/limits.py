@@ -1,0 +1,133 @@
+"""What a task's limits mean in Redis: which semaphores it needs, and named limits' sizes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from taskpool.core.errors import ConfigurationError
+from taskpool.core.options import TaskOptions
+
+
+@dataclass(frozen=True)
+class Need:
+    """``count`` slots of the semaphore ``name`` of ``capacity`` slots."""
+
+    name: str
+    capacity: int
+    count: int
+    kind: str  # "max_in_flight", "cluster_max_in_flight", "limit" or "gpu"
+
+
+#: The largest size a named limit may have. The acquire script scans slot indices up to the
+#: size, and Redis integers end at 2**63: a size beyond this is a typo, not a limit.
+MAX_LIMIT_SIZE = 100_000
+#: The longest name of a named limit.
+MAX_LIMIT_NAME = 200
+
+
+def check_limit_name(name: object) -> str:
+    """``name`` if it can name a limit, else :class:`ConfigurationError` saying why."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"limit name {name!r}: must be a non-empty string, e.g. license:matlab")
+    if len(name) > MAX_LIMIT_NAME or any(c.isspace() or not c.isprintable() for c in name):
+        raise ConfigurationError(
+            f"limit name {name!r}: at most {MAX_LIMIT_NAME} printable characters, no spaces"
+        )
+    return name
+
+
+def check_limit_size(name: str, size: object) -> int:
+    """``size`` if it is a valid size of limit ``name``, else :class:`ConfigurationError`."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_LIMIT_SIZE:
+        raise ConfigurationError(
+            f"limit {name!r}: size must be an integer from 1 to {MAX_LIMIT_SIZE:,}, got {size!r}"
+        )
+    return size
+
+
+def parse_stored_size(name: str, raw: bytes | str) -> int:
+    """A size read from Redis; :class:`ConfigurationError` for anything not written by
+    :meth:`LimitStore.set` (edited by hand, or by an older version)."""
+    text = raw.decode(errors="backslashreplace") if isinstance(raw, bytes) else raw
+    try:
+        size = int(text)
+    except ValueError:
+        size = None
+    if size is None or not 1 <= size <= MAX_LIMIT_SIZE:
+        raise ConfigurationError(
+            f"limit {name!r}: the stored size {text!r} is not an integer from 1 to {MAX_LIMIT_SIZE:,}; "
+            f"set it again with `taskpool limits set {name} N`"
+        )
+    return size
+
+
+def machine_name() -> str:
+    return socket.gethostname()
+
+
+def gpu_count() -> int:
+    """GPU slots of this host: ``TASKPOOL_GPUS``, else ``torch.cuda.device_count()``, else 0."""
+    configured = os.environ.get("TASKPOOL_GPUS")
+    if configured not in (None, ""):
+        try:
+            value = int(configured)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ConfigurationError(f"TASKPOOL_GPUS={configured!r}: expected an integer >= 0")
+        return value
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count())  # NVML only: CUDA is not initialised in this process
+
+
+def needs_of(
+    options: TaskOptions,
+    *,
+    node: str,
+    limit_sizes: dict[str, int | None],
+    gpus: int,
+) -> list[Need]:
+    """The semaphores a task needs on worker ``node``, in a fixed order.
+
+    Raises:
+        ConfigurationError: a named limit has no size (limits are strict), or the task wants
+            more GPU slots than this host has.
+    """
+    task = options.task
+    needs: list[Need] = []
+    if options.max_in_flight:
+        needs.append(Need(f"node:{node}:task:{task}", options.max_in_flight, 1, "max_in_flight"))
+    if options.cluster_max_in_flight:
+        needs.append(Need(f"task:{task}", options.cluster_max_in_flight, 1, "cluster_max_in_flight"))
+    for raw_name, count in sorted(options.limits.items()):
+        name = expand_limit_name(raw_name)
+        size = limit_sizes.get(name)
+        if size is None:
+            raise ConfigurationError(
+                f"task {task!r}: limit {name!r} has no size, so the task cannot run (limits are strict); "
+                f"set it with `taskpool limits set {name} N`"
+            )
+        if count > size:
+            raise ConfigurationError(
+                f"task {task!r}: limits={{{raw_name!r}: {count}}} needs more slots than limit {name!r} "
+                f"has ({size}); it could never run"
+            )
+        needs.append(Need(f"limit:{name}", size, count, "limit"))
+    if options.gpu_slots:
+        if options.gpu_slots > gpus:
+            raise ConfigurationError(
+                f"task {task!r}: gpu_slots={options.gpu_slots} but this host has {gpus} GPU slot(s) "
+                "(set TASKPOOL_GPUS on a CPU machine)"
+            )
+        needs.append(Need(f"gpu:{machine_name()}", gpus, options.gpu_slots, "gpu"))
+    return needs
+
+
+def expand_limit_name(name: str) -> str:
+    """``{hostname}`` in a limit's name stands for this machine (per-machine limits)."""
+    return name.replace("{hostname}", machine_name())

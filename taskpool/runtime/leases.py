@@ -1,0 +1,75 @@
+"""Slots taken or freed inside the process that runs the task (pool process, or eager caller)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from taskpool.core.limits import expand_limit_name, gpu_count, needs_of
+from taskpool.core.options import TaskOptions
+from taskpool.stores.limits import LimitStore
+from taskpool.stores.semaphores import Lease, LeaseKeeper, Semaphore
+
+logger = logging.getLogger("taskpool.admission")
+
+
+def release_in_pool(app: Any, leases: list[Any] | None) -> None:
+    """Free a task's slots in the pool process, the moment its function returned.
+
+    The next waiter then starts without waiting for the result to be stored, reported to the
+    main process and acknowledged (a prefork hand-off costs several milliseconds). The main
+    process still releases the leases when it hears of the end (a no-op by then), and alone
+    when the pool process died. ``leases``: ``[[semaphore, capacity, token], ...]`` from the
+    request (:meth:`Gate._try`).
+    """
+    if not leases:
+        return
+    settings = app.settings
+    for name, capacity, token in leases:
+        try:
+            sem = Semaphore(app.redis, name, int(capacity), settings.lease_ttl, keyspace=settings.keyspace)
+            sem.release_token(str(token))
+        except Exception:  # the main process releases it when the task's end reaches it
+            logger.warning(
+                "taskpool: could not release %s from the pool; the worker will", name, exc_info=True
+            )
+
+
+@contextlib.contextmanager
+def eager_admission(task: Any) -> Iterator[list[int]]:
+    """Eager mode (``.apply()``, ``task_always_eager``): take the same limits in this process.
+
+    Blocks until every need is granted (in a fixed order, so two eager callers cannot
+    deadlock), keeps the leases renewed while the task runs, and yields the GPU slots.
+    """
+    app = task.app
+    options: TaskOptions = task.taskpool
+    client = app.redis
+    store = LimitStore(client, app.settings.keyspace)
+    sizes = store.get_many([expand_limit_name(n) for n in options.limits]) if options.limits else {}
+    needs = needs_of(
+        options,
+        node=f"eager@{socket.gethostname()}",
+        limit_sizes=sizes,
+        gpus=gpu_count() if options.gpu_slots else 0,
+    )
+    owner = f"eager@{socket.gethostname()}:{os.getpid()}"
+    held: list[tuple[Semaphore, Lease]] = []
+    with LeaseKeeper() as keeper:
+        try:
+            for need in needs:
+                sem = Semaphore(
+                    client, need.name, need.capacity, app.settings.lease_ttl, keyspace=app.settings.keyspace
+                )
+                lease = sem.acquire(owner, need.count, task_id=task.request.id)
+                held.append((sem, lease))
+                keeper.add(sem, lease)
+            yield [slot for sem, lease in held if sem.name.startswith("gpu:") for slot in lease.slots]
+        finally:
+            for sem, lease in reversed(held):
+                keeper.remove(lease)
+                sem.release(lease)

@@ -1,0 +1,234 @@
+"""Prometheus metrics of a worker, served by its main process (prometheus-client).
+
+``TASKPOOL_METRICS_PORT=9808`` turns them on (0 or unset: off), on ``TASKPOOL_METRICS_ADDRESS``
+(default 127.0.0.1; 0.0.0.0 in a container). Run several workers on one host on different ports.
+
+Two sources:
+
+- Counted where tasks run (signals): ``taskpool_tasks_started_total``,
+  ``taskpool_tasks_finished_total{state}``, ``taskpool_task_retries_total``,
+  ``taskpool_dead_letters_total`` and ``taskpool_task_duration_seconds``, per task. Prefork
+  children run the tasks, so counters use prometheus-client's multiprocess mode: each process
+  writes its own file in a folder of the worker's, and the main process adds them up at scrape.
+- Read at scrape time in the main process (:func:`taskpool.stats.worker_snapshot`): pool size
+  and the autoscaler's bounds and target, requests in flight and reserved per task, slots held
+  and requests waiting per semaphore (limits, in-flight caps, GPU slots), the admission gate's
+  counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from celery import bootsteps, signals
+
+from taskpool.worker.stats import worker_snapshot
+
+logger = logging.getLogger("taskpool.metrics")
+
+DEFAULT_ADDRESS = "127.0.0.1"
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_port(environ: dict[str, str] | None = None) -> int:
+    """``TASKPOOL_METRICS_PORT`` as an int; 0 when unset (metrics off)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("TASKPOOL_METRICS_PORT", "").strip()
+    if not raw:
+        return 0
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        from taskpool.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"TASKPOOL_METRICS_PORT={raw!r}: expected a port number 0-65535 (0: off)")
+    return port
+
+
+class TaskCounters:
+    """Per-task counters, incremented by Celery's task signals wherever the task runs."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        # registry=None: the serving registry reads every process's values from the
+        # multiprocess folder; registering here too would count the main process twice.
+        self.started = Counter("taskpool_tasks_started", "Task executions started.", ["task"], registry=None)
+        self.finished = Counter(
+            "taskpool_tasks_finished",
+            "Task executions finished, by state (SUCCESS, FAILURE, RETRY, ...).",
+            ["task", "state"],
+            registry=None,
+        )
+        self.retries = Counter(
+            "taskpool_task_retries", "Failed attempts sent back for a retry.", ["task"], registry=None
+        )
+        self.dead_letters = Counter(
+            "taskpool_dead_letters", "Tasks that failed after their last attempt.", ["task"], registry=None
+        )
+        self.duration = Histogram(
+            "taskpool_task_duration_seconds", "Run time of task executions.", ["task"], registry=None
+        )
+        self._started_at: dict[str, float] = {}
+
+    def connect(self) -> None:
+        signals.task_prerun.connect(self._on_prerun, weak=False)
+        signals.task_postrun.connect(self._on_postrun, weak=False)
+        signals.task_retry.connect(self._on_retry, weak=False)
+        signals.task_failure.connect(self._on_failure, weak=False)
+
+    def disconnect(self) -> None:
+        signals.task_prerun.disconnect(self._on_prerun)
+        signals.task_postrun.disconnect(self._on_postrun)
+        signals.task_retry.disconnect(self._on_retry)
+        signals.task_failure.disconnect(self._on_failure)
+
+    def _on_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        name = getattr(sender, "name", "?")
+        self.started.labels(name).inc()
+        if task_id:
+            self._started_at[task_id] = time.monotonic()
+
+    def _on_postrun(
+        self, sender: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
+    ) -> None:
+        name = getattr(sender, "name", "?")
+        self.finished.labels(name, state or "UNKNOWN").inc()
+        started = self._started_at.pop(task_id or "", None)
+        if started is not None:
+            self.duration.labels(name).observe(time.monotonic() - started)
+
+    def _on_retry(self, sender: Any = None, **_: Any) -> None:
+        self.retries.labels(getattr(sender, "name", "?")).inc()
+
+    def _on_failure(self, sender: Any = None, **_: Any) -> None:
+        # A taskpool task fails for good only after writing its dead letter (taskpool.task).
+        if getattr(sender, "taskpool", None) is not None:
+            self.dead_letters.labels(sender.name).inc()
+
+
+class WorkerCollector:
+    """Gauges read from the worker's main process at each scrape."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        consumer = getattr(self.worker, "consumer", None)
+        if consumer is None:
+            return
+        snap = worker_snapshot(self.worker.app, consumer)
+        pool = snap["pool"] or "?"
+        for key, name, doc in (
+            ("concurrency", "taskpool_pool_processes", "Processes, threads or greenlets of the pool now."),
+            ("min", "taskpool_pool_min_processes", "Autoscaler lower bound."),
+            ("max", "taskpool_pool_max_processes", "Autoscaler upper bound."),
+            ("target", "taskpool_autoscaler_target", "Autoscaler target."),
+        ):
+            if snap[key] is not None:
+                g = GaugeMetricFamily(name, doc, labels=["pool"])
+                g.add_metric([pool], float(snap[key]))
+                yield g
+        for key, name, doc in (
+            ("in_flight", "taskpool_tasks_active", "Requests running now, per task."),
+            ("reserved", "taskpool_tasks_reserved", "Requests received and not started, per task."),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["task"])
+            for task, n in snap[key].items():
+                g.add_metric([task], float(n))
+            yield g
+        for key, name, doc in (
+            ("slots_held", "taskpool_slots_held", "Slots this worker's requests hold, per semaphore."),
+            ("slots_waiting", "taskpool_slot_waiters", "Requests waiting for a semaphore's slots."),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["semaphore"])
+            for sem, n in snap[key].items():
+                g.add_metric([sem], float(n))
+            yield g
+        for key, value in snap["admission"].items():
+            c = CounterMetricFamily(
+                f"taskpool_admission_{key}", f"Admission gate: {key.replace('_', ' ')}.", labels=["pool"]
+            )
+            c.add_metric([pool], float(value))
+            yield c
+
+
+class MetricsStep(bootsteps.StartStopStep):
+    """Worker bootstep: serves ``/metrics`` from the main process when TASKPOOL_METRICS_PORT is set."""
+
+    label = "taskpool metrics"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.port = 0
+        try:
+            self.port = metrics_port()
+        except Exception as exc:  # a bad port must not stop the worker
+            logger.error("taskpool: metrics off: %s", exc)
+        self.address = os.environ.get("TASKPOOL_METRICS_ADDRESS") or DEFAULT_ADDRESS
+        self.server: Any = None
+        self.counters: TaskCounters | None = None
+        self._own_dir: str | None = None
+        if self.port:
+            self._setup_multiprocess()
+            # Connected before the pool forks, so prefork children inherit the handlers.
+            self.counters = TaskCounters()
+            self.counters.connect()
+
+    def include_if(self, parent: Any) -> bool:
+        return bool(self.port)
+
+    def _setup_multiprocess(self) -> None:
+        if not os.environ.get(_MULTIPROC_ENV):
+            self._own_dir = tempfile.mkdtemp(prefix="taskpool-metrics-")
+            os.environ[_MULTIPROC_ENV] = self._own_dir
+        from prometheus_client import values
+
+        # prometheus-client picks its value class when first imported; the worker may have
+        # imported it before this step set the folder, so pick again (no public hook for this).
+        values.ValueClass = values.get_value_class()
+
+    def start(self, parent: Any) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, os.environ[_MULTIPROC_ENV])
+        registry.register(WorkerCollector(parent))
+        try:
+            self.server, _thread = start_http_server(self.port, self.address, registry=registry)
+        except OSError as exc:
+            logger.error("taskpool: metrics not served on %s:%s: %s", self.address, self.port, exc)
+            return
+        logger.info("taskpool: metrics on http://%s:%s/metrics", self.address, self.port)
+
+    def stop(self, parent: Any) -> None:
+        # Warm shutdown calls stop, cold shutdown calls shutdown: each cleans up.
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        counters, self.counters = self.counters, None
+        if counters is not None:
+            counters.disconnect()
+        if self._own_dir is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self._own_dir)
+            if os.environ.get(_MULTIPROC_ENV) == self._own_dir:
+                del os.environ[_MULTIPROC_ENV]
+            self._own_dir = None
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
