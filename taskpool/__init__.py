@@ -23,8 +23,9 @@ from ._moved import install as _install_moved
 
 if TYPE_CHECKING:
     from .client.app import TaskPool
+    from .core.batch import Batch
     from .core.errors import ConfigurationError, TaskpoolError
-    from .core.options import Batch, TaskOptions
+    from .core.options import TaskOptions
     from .runtime.gpu import current_gpus, torch_device
 
 __all__ = [
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "TaskPool": ".client.app",
-    "Batch": ".core.options",
+    "Batch": ".core.batch",
     "TaskOptions": ".core.options",
     "ConfigurationError": ".core.errors",
     "TaskpoolError": ".core.errors",

@@ -35,7 +35,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "taskpool.results": ("taskpool.client.results",),
     "taskpool.aio": ("taskpool.runtime.aio",),
     "taskpool.gpu": ("taskpool.runtime.gpu",),
-    "taskpool.batching": ("taskpool.core.options", "taskpool.runtime.batch", "taskpool.worker.batching"),
+    "taskpool.batching": ("taskpool.core.batch", "taskpool.runtime.batch", "taskpool.worker.batching"),
     "taskpool.admission": ("taskpool.worker.admission", "taskpool.runtime.leases", "taskpool.compat.kombu"),
     "taskpool.autoscale": ("taskpool.worker.autoscale",),
     "taskpool.tuning": ("taskpool.worker.tuning",),

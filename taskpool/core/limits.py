@@ -1,13 +1,22 @@
-"""What a task's limits mean in Redis: which semaphores it needs, and named limits' sizes."""
+"""Limits: the task options ``max_in_flight``, ``cluster_max_in_flight``, ``limits`` and
+``gpu_slots``, and what they mean in Redis: which semaphores a task needs."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from taskpool.core.checks import is_int, option_error
 from taskpool.core.errors import ConfigurationError
-from taskpool.core.options import TaskOptions
+
+if TYPE_CHECKING:
+    from taskpool.core.options import TaskOptions
+
+#: The task options this feature owns.
+OPTIONS = ("max_in_flight", "cluster_max_in_flight", "limits", "gpu_slots")
 
 
 @dataclass(frozen=True)
@@ -131,3 +140,50 @@ def needs_of(
 def expand_limit_name(name: str) -> str:
     """``{hostname}`` in a limit's name stands for this machine (per-machine limits)."""
     return name.replace("{hostname}", machine_name())
+
+
+def validate(task: str, o: dict[str, Any], *, pool: str, visibility_timeout: float) -> dict[str, Any]:
+    """The limit options checked: the TaskOptions fields they set."""
+    for option in ("max_in_flight", "cluster_max_in_flight"):
+        value = o.get(option)
+        if value is not None and (not is_int(value) or value < 1):
+            raise option_error(task, option, value, "must be an integer >= 1")
+    limits = o.get("limits") or {}
+    if not isinstance(limits, Mapping):
+        raise option_error(
+            task, "limits", limits, 'must map limit names to slots, like {"license:matlab": 1}'
+        )
+    for name, slots in limits.items():
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or "{" in name.replace("{hostname}", "")
+            or "}" in name.replace("{hostname}", "")
+        ):
+            raise option_error(
+                task,
+                "limits",
+                dict(limits),
+                f"has an invalid limit name {name!r} (non-empty; braces only in {{hostname}})",
+            )
+        if not is_int(slots) or slots < 1:
+            raise option_error(
+                task, "limits", dict(limits), f"gives limit {name!r} {slots!r} slots; need an integer >= 1"
+            )
+    gpu_slots = o.get("gpu_slots", 0)
+    if not is_int(gpu_slots) or gpu_slots < 0:
+        raise option_error(task, "gpu_slots", gpu_slots, "must be an integer >= 1")
+    if gpu_slots and pool == "gevent":
+        raise option_error(
+            task,
+            "gpu_slots",
+            gpu_slots,
+            f"needs pool 'prefork' or 'threads', got {pool!r} "
+            "(CPU-bound work stalls the gevent hub and its lease renewal)",
+        )
+    return {
+        "max_in_flight": o.get("max_in_flight"),
+        "cluster_max_in_flight": o.get("cluster_max_in_flight"),
+        "limits": dict(limits),
+        "gpu_slots": gpu_slots,
+    }
