@@ -40,6 +40,7 @@ import redis
 from celery import bootsteps
 
 from taskpool.compat.celery import wrap_task_handler
+from taskpool.compat.kombu import forget_delivery as forget_delivery  # it was defined here
 from taskpool.compat.kombu import guard_brpop_reader
 from taskpool.core.errors import MalformedMessage
 from taskpool.stores.dead_letters import DeadLetter, now
