@@ -1,4 +1,8 @@
-"""Session fixtures: a real redis-server on a free port, and real `celery worker` processes."""
+"""Session fixtures: a real redis-server on a free port, and real `celery worker` processes.
+
+Every fixture here is lazy: a session starts redis-server only when a test asks for it, so
+`pytest tests/unit` starts none (tests/unit/conftest.py refuses the Redis fixtures there).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
-from taskpool.ops.embedded import RedisServer
+if TYPE_CHECKING:
+    from taskpool.ops.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of the test session's own (never the machine's shared one)."""
+    from taskpool.ops.embedded import RedisServer
+
     server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True)
     with server:
         yield server
@@ -135,11 +143,11 @@ class Worker:
 
 @pytest.fixture(scope="session")
 def tp_app(redis_url: str) -> object:
-    """The test app module (tests/app.py), configured for the session's Redis."""
+    """The test app module (tests/apps/app.py), configured for the session's Redis."""
     os.environ["TASKPOOL_BROKER_URL"] = redis_url
     import importlib
 
-    return importlib.import_module("tests.app")
+    return importlib.import_module("tests.apps.app")
 
 
 @pytest.fixture(scope="session")
@@ -150,9 +158,9 @@ def pool_workers(
     logs = tmp_path_factory.mktemp("worker-logs")
     app = tp_app.app  # type: ignore[attr-defined]
     workers = {
-        "prefork": Worker("tests.app", "prefork", redis_url, logs, concurrency=2),
-        "threads": Worker("tests.app", "threads", redis_url, logs, concurrency=4),
-        "gevent": Worker("tests.app", "gevent", redis_url, logs, concurrency=20),
+        "prefork": Worker("tests.apps.app", "prefork", redis_url, logs, concurrency=2),
+        "threads": Worker("tests.apps.app", "threads", redis_url, logs, concurrency=4),
+        "gevent": Worker("tests.apps.app", "gevent", redis_url, logs, concurrency=20),
     }
     try:
         for w in workers.values():

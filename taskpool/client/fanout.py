@@ -20,13 +20,13 @@ How it uses Celery (public APIs unless said otherwise):
   :func:`publish` gives the chunk task ids of its own and subscribes the result consumer to
   all of them with one command first, so Celery's per-message subscribe finds them
   subscribed and sends nothing. This reaches into ``ResultConsumer`` (``_locked``,
-  ``_pubsub``, ``subscribed_to``); any other backend, or a consumer without those, keeps
-  Celery's own per-message subscribe.
+  ``_pubsub``, ``subscribed_to``: :func:`taskpool.compat.celery.subscribe_results`); any other
+  backend, or a consumer without those, keeps Celery's own per-message subscribe.
 * **Results through Celery's result machinery.** Each sent call is watched with
   ``AsyncResult.then`` and the map waits with the backend's drainer
-  (``result_consumer.drainer.drain_events_until``), as ``AsyncResult.get`` does; backends
-  without the async API are polled (``backend.get_many``, one MGET per poll, when the backend
-  has it).
+  (``result_consumer.drainer.drain_events_until``: :func:`taskpool.compat.celery.drain_results_until`),
+  as ``AsyncResult.get`` does; backends without the async API are polled (``backend.get_many``,
+  one MGET per poll, when the backend has it).
 * **Backpressure.** At most ``app.settings.map_max_outstanding`` inputs are submitted and not
   yet yielded to the caller; the map tops up (in one chunk) when a tenth of that has been
   yielded, or when nothing it sent is unfinished, and reads the caller's inputs only as it
@@ -63,6 +63,7 @@ from kombu.exceptions import BatchPublishError
 from vine import promise
 
 from taskpool.client.routing import redis_queue_keys
+from taskpool.compat.celery import drain_results_until, subscribe_results
 from taskpool.core.errors import ConfigurationError, QueueFull
 
 if TYPE_CHECKING:
@@ -434,26 +435,12 @@ def _subscribe(backend: Any, task_ids: list[str]) -> None:
     """Subscribe Celery's Redis result consumer to all ``task_ids`` with one SUBSCRIBE.
 
     Does nothing where Celery would not subscribe either (inside a task) and where the consumer
-    is not the one this relies on: Celery then subscribes per message as usual.
+    is not the one this relies on (:func:`taskpool.compat.celery.subscribe_results`): Celery then
+    subscribes per message as usual.
     """
-    consumer: Any = getattr(backend, "result_consumer", None)
     if not task_ids or task_join_will_block() or not getattr(backend, "is_async", False):
         return
-    if not all(hasattr(consumer, name) for name in ("_locked", "_pubsub", "subscribed_to", "start")):
-        return
-    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
-    with consumer._locked():
-        if consumer._pubsub is None:
-            consumer.start(task_ids[0])  # Celery's own first subscribe makes the pubsub connection
-        new = [key for key in keys if key not in consumer.subscribed_to]
-        if not new:
-            return
-        pending = getattr(consumer, "_pending_unsubscribe", None)
-        if pending is not None:
-            pending.difference_update(new)
-        consumer.subscribed_to.update(new)  # before the command: a reconnect re-subscribes these
-        with consumer.reconnect_on_error():
-            consumer._pubsub.subscribe(*new)
+    subscribe_results(backend, task_ids)
 
 
 def _revoke(task: TaskpoolTask, task_ids: list[str]) -> None:
@@ -505,11 +492,10 @@ class _Watcher:
         if not self.is_async:
             self._poll(timeout)
             return
-        drainer = self.backend.result_consumer.drainer
         woken = self._wake = promise()
         try:
             interval = 1.0 if timeout is None else max(0.001, min(1.0, timeout))
-            for _ in drainer.drain_events_until(woken, timeout=timeout, interval=interval):
+            for _ in drain_results_until(self.backend, woken, timeout, interval):
                 pass
         except TimeoutError:  # socket.timeout: the drainer's deadline
             pass

@@ -13,6 +13,7 @@ import celery
 from celery import _state as celery_state
 from celery.exceptions import Ignore, Reject, Retry
 
+from taskpool.compat.celery import repoint_current_task
 from taskpool.core.backoff import Backoff
 from taskpool.core.errors import BatchError
 from taskpool.core.options import TaskOptions
@@ -52,17 +53,11 @@ def _follow_coroutines() -> None:
     """Point ``celery.current_task`` at :func:`_current_task`.
 
     Celery's proxy reads a greenlet-local task stack, empty in the gevent loop's greenlet where
-    every ``async def`` task's coroutine runs. ``Proxy`` keeps its target in the private slot
-    ``_Proxy__local`` (celery/local.py, read from Celery 5.7); no public hook exists.
+    every ``async def`` task's coroutine runs. No public hook exists: see
+    :func:`taskpool.compat.celery.repoint_current_task`.
     """
-    proxy = celery_state.current_task
-    try:
-        target = object.__getattribute__(proxy, "_Proxy__local")
-    except AttributeError:  # Celery changed its Proxy: current_task stays as Celery made it
+    if not repoint_current_task(_current_task):  # current_task stays as Celery made it
         logger.warning("taskpool: celery.current_task cannot follow async tasks on this Celery version")
-        return
-    if target is celery_state.get_current_task:
-        object.__setattr__(proxy, "_Proxy__local", _current_task)
 
 
 _follow_coroutines()

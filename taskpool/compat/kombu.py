@@ -1,12 +1,17 @@
-"""kombu internals taskpool relies on, in one place (read from kombu 5.x's Redis transport).
+"""kombu internals taskpool relies on, in one place (read from kombu 5.7.0's Redis transport,
+kombu/transport/redis.py and kombu/transport/virtual/base.py, as installed).
 
-Each function names the private attribute it uses; tests/test_compat.py fails loudly when one
-of them changes.
+Each function names the private attribute it uses; tests/integration/test_compat_internals.py
+checks each still has the shape read here and fails naming the function to update. This module
+imports nothing of taskpool.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from queue import Empty
 from typing import Any
 
 logger = logging.getLogger("taskpool.admission")
@@ -18,6 +23,9 @@ def restore_messages(consumer: Any, tags: list[str]) -> int:
     kombu's Redis transport restores unacked messages when the old channel closes, but after
     a Redis restart that happens while Redis is still down and fails, leaving them in the
     unacked hash until ``visibility_timeout``. A tag kombu already restored is a no-op.
+
+    Internal: the Redis transport's ``QoS.restore_by_tag(tag)`` (kombu 5.7.0), reached through
+    Celery's ``consumer.task_consumer.channel.qos``.
     """
     channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
     restore = getattr(getattr(channel, "qos", None), "restore_by_tag", None)
@@ -60,6 +68,10 @@ def close_task_channel(consumer: Any) -> None:
     poll, completes the close while the transport is intact; later closes are no-ops. The
     restore of unacked messages may still fail while Redis is down (then the messages wait in
     the unacked hash, as in plain Celery); the gate restores its own at reconnect.
+
+    Internals (kombu 5.7.0, Celery 5.7.0): the Redis ``Channel.close()`` and its ``closed``
+    flag, reached through ``consumer.task_consumer.channel``; Celery's
+    ``celery.utils.threads.bound_open_broker_sockets`` and ``default_socket_timeout``.
     """
     from celery.utils.threads import bound_open_broker_sockets, default_socket_timeout
 
@@ -82,3 +94,111 @@ def close_task_channel(consumer: Any) -> None:
                     # Closed; only the restore of unacked messages failed (Redis is down).
                     logger.info("taskpool: unacked messages not restored at connection loss: %r", exc)
                     return
+
+
+def forget_delivery(channel: Any, item: bytes) -> None:
+    """Drop a refused queue entry from kombu's unacked hash, if kombu got as far as putting it
+    there (it fails after that on some envelopes, e.g. headers that are a list).
+
+    Internals (kombu 5.7.0): the Redis transport's envelope keeps the delivery tag at
+    ``properties.delivery_tag``; ``QoS.ack(tag)`` removes the tag from the unacked hash and its
+    index.
+    """
+    try:
+        tag = json.loads(item)["properties"]["delivery_tag"]
+    except Exception:
+        return  # kombu never got a delivery tag out of it: it is not in the unacked hash
+    try:
+        channel.qos.ack(tag)
+    except Exception:
+        logger.debug("taskpool: could not ack refused delivery %s", tag, exc_info=True)
+
+
+def guard_brpop_reader(
+    consumer: Any,
+    on_bad_entry: Callable[[str, bytes, BaseException], None],
+    passthrough: Callable[[Any], tuple[type[BaseException], ...]],
+) -> bool:
+    """Wrap the task channel's BRPOP reader: a queue entry kombu fails to read is handed to
+    ``on_bad_entry(queue, entry, error)``, dropped from the unacked hash (:func:`forget_delivery`)
+    and counts as read; the consumer goes on.
+
+    The entry was popped from its list and never entered the unacked hash (or is dropped from
+    it), so dropping it is its acknowledgement. Errors in ``passthrough(channel)`` (the broker
+    went away) and ``Empty`` pass through, as does an error with no entry read (Celery decides,
+    as before). Nothing is parsed twice on the happy path.
+
+    Internals of kombu 5.7.0's Redis ``Channel``: ``handlers["BRPOP"]`` (``_brpop_read``, which
+    the ``MultiChannelPoller`` calls with ``**options``), ``client.parse_response(connection,
+    command, **options)`` (wrapped on the instance to remember the raw reply, ``(queue key,
+    entry)``), and ``sep`` (``"\\x06\\x16"``, between a queue's name and its priority in a key).
+
+    Returns:
+        False when the channel is not kombu's Redis channel, or is guarded already.
+    """
+    channel: Any = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    handlers: Any = getattr(channel, "handlers", None)
+    read = handlers.get("BRPOP") if isinstance(handlers, dict) else None
+    if channel is None or read is None or getattr(read, "taskpool_wrapped", False):
+        return False
+    client = channel.client
+    parse_response = client.parse_response
+    separator = getattr(channel, "sep", "\x06\x16")
+    last: list[Any] = [None]
+    errors: tuple[type[BaseException], ...] = (Empty, *passthrough(channel))
+
+    def remember(connection: Any, command: str, **options: Any) -> Any:
+        reply = parse_response(connection, command, **options)
+        if command == "BRPOP":
+            last[0] = reply
+        return reply
+
+    def guarded_read(**options: Any) -> Any:
+        last[0] = None
+        try:
+            return read(**options)
+        except errors:
+            raise
+        except Exception as exc:
+            reply, last[0] = last[0], None
+            if not reply:
+                raise  # not about an entry it read: Celery decides, as before
+            key, item = reply
+            text = key if isinstance(key, str) else bytes(key).decode("utf-8", "backslashreplace")
+            on_bad_entry(text.rsplit(separator, 1)[0], item, exc)
+            forget_delivery(channel, item)
+            return True
+
+    guarded_read.taskpool_wrapped = True  # type: ignore[attr-defined]
+    client.parse_response = remember
+    handlers["BRPOP"] = guarded_read
+    return True
+
+
+def shorten_polls_without_credit(consumer: Any, poll: float) -> bool:
+    """While the task channel's prefetch window is full, the consumer's polls of the broker
+    wait at most ``poll`` seconds (Celery's ``synloop`` asks for 2 s); with credit they are
+    Celery's own, and a BRPOP reply ends them at once.
+
+    Internals (kombu 5.7.0): the virtual transport's ``QoS.can_consume()`` (False when the
+    prefetch window is full) on ``consumer.task_consumer.channel.qos``, looked up at each poll
+    (Celery may replace it on the instance), and ``Connection.drain_events``, replaced on the
+    consumer's connection instance (what ``synloop`` calls, with ``timeout=2.0``).
+
+    Returns:
+        False when the consumer's channel is not kombu's virtual transport: nothing changed.
+    """
+    connection = consumer.connection
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    qos: Any = getattr(channel, "qos", None)
+    if connection is None or not callable(getattr(qos, "can_consume", None)):
+        return False
+    drain_events = connection.drain_events
+
+    def drain_events_with_credit(timeout: float | None = None, **kwargs: Any) -> Any:
+        if not qos.can_consume():
+            timeout = poll if timeout is None else min(timeout, poll)
+        return drain_events(timeout=timeout, **kwargs)
+
+    connection.drain_events = drain_events_with_credit
+    return True

@@ -10,14 +10,16 @@ queue in turn):
    Celery sees a message. No public hook exists there, so :class:`MessageGuard` wraps the task
    channel's BRPOP handler (``channel.handlers["BRPOP"]``) and remembers the raw reply
    (wrapping the channel client's ``parse_response``): when kombu fails on an entry, the entry
-   is recorded and dropped. It was popped from the list and never entered kombu's unacked
-   hash, so dropping it is its acknowledgement. Nothing is parsed twice on the happy path.
+   is recorded and dropped (:func:`taskpool.compat.kombu.guard_brpop_reader`). It was popped
+   from the list and never entered kombu's unacked hash, so dropping it is its
+   acknowledgement. Nothing is parsed twice on the happy path.
 2. The task message (Celery's protocol 2: ``headers`` with ``task`` and ``id``, the body
    ``[args, kwargs, embed]``). Celery crashes on a body of the wrong shape (``ValueError`` in
    ``Request``), only logs an undecodable body, and runs a task whose args are not a list into
    a ``TypeError`` outside the task's own code (so no dead letter). :class:`MessageGuard` wraps
    the consumer's task handler (``Consumer.create_task_handler``, which Celery's loops call to
-   get the ``on_message`` callback) and checks the message first.
+   get the ``on_message`` callback; :func:`taskpool.compat.celery.wrap_task_handler`) and checks
+   the message first.
 
 A refused message becomes a dead-letter record with ``refused`` (why), ``raw`` (the message as
 received, truncated past :data:`RAW_MAX`), ``headers`` and ``queue``; ``taskpool dead ls`` shows
@@ -32,12 +34,14 @@ import base64
 import binascii
 import json
 import logging
-from queue import Empty
 from typing import Any
 
 import redis
 from celery import bootsteps
 
+from taskpool.compat.celery import wrap_task_handler
+from taskpool.compat.kombu import forget_delivery as forget_delivery  # it was defined here
+from taskpool.compat.kombu import guard_brpop_reader
 from taskpool.core.errors import MalformedMessage
 from taskpool.stores.dead_letters import DeadLetter, now
 
@@ -92,19 +96,6 @@ def envelope_problem(item: bytes | str) -> str:
         except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
             return f"the envelope's body is not valid base64 ({exc})"
     return "the envelope could not be read"
-
-
-def forget_delivery(channel: Any, item: bytes) -> None:
-    """Drop a refused entry from kombu's unacked hash, if kombu got as far as putting it there
-    (it fails after that on some envelopes, e.g. headers that are a list)."""
-    try:
-        tag = json.loads(item)["properties"]["delivery_tag"]
-    except Exception:
-        return  # kombu never got a delivery tag out of it: it is not in the unacked hash
-    try:
-        channel.qos.ack(tag)  # kombu's Redis QoS removes the tag from the unacked hash and index
-    except Exception:
-        logger.debug("taskpool: could not ack refused delivery %s", tag, exc_info=True)
 
 
 # -- level 2: the task message ----------------------------------------------------------
@@ -172,52 +163,13 @@ class MessageGuard(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.app = parent.app
-        original = getattr(parent, "create_task_handler", None)
-        if original is not None and not getattr(original, "taskpool_wrapped", False):
-
-            def create_task_handler(*args: Any, **kw: Any) -> Any:
-                return self.guard(parent, original(*args, **kw))
-
-            create_task_handler.taskpool_wrapped = True  # type: ignore[attr-defined]
-            parent.create_task_handler = create_task_handler
+        wrap_task_handler(parent, lambda handler: self.guard(parent, handler))
 
     # -- level 1 ---------------------------------------------------------------------
     def start(self, c: Any) -> None:
-        """Guard the BRPOP reader of the (new) task channel: at startup and each reconnect."""
-        channel: Any = getattr(getattr(c, "task_consumer", None), "channel", None)
-        handlers: Any = getattr(channel, "handlers", None)
-        read = handlers.get("BRPOP") if isinstance(handlers, dict) else None
-        if channel is None or read is None or getattr(read, "taskpool_wrapped", False):
-            return  # not kombu's Redis transport: nothing to guard at this level
-        client = channel.client
-        parse_response = client.parse_response
-        last: list[Any] = [None]
-        passthrough: tuple[type[BaseException], ...] = (Empty, *broker_errors(channel))
-
-        def remember(connection: Any, command: str, **options: Any) -> Any:
-            reply = parse_response(connection, command, **options)
-            if command == "BRPOP":
-                last[0] = reply
-            return reply
-
-        def guarded_read(**options: Any) -> Any:
-            last[0] = None
-            try:
-                return read(**options)
-            except passthrough:
-                raise
-            except Exception as exc:
-                reply, last[0] = last[0], None
-                if not reply:
-                    raise  # not about an entry it read: Celery decides, as before
-                queue, item = reply
-                self.refuse_entry(as_text(queue).rsplit("\x06\x16", 1)[0], item, exc)
-                forget_delivery(channel, item)
-                return True
-
-        guarded_read.taskpool_wrapped = True  # type: ignore[attr-defined]
-        client.parse_response = remember
-        handlers["BRPOP"] = guarded_read
+        """Guard the BRPOP reader of the (new) task channel: at startup and each reconnect (on
+        another transport than kombu's Redis, there is nothing to guard at this level)."""
+        guard_brpop_reader(c, self.refuse_entry, broker_errors)
 
     def refuse_entry(self, queue: str, item: bytes, exc: BaseException) -> None:
         reason = envelope_problem(item)

@@ -25,6 +25,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from taskpool.compat.kombu import shorten_polls_without_credit
 from taskpool.core.settings import PREFETCH_MULTIPLIER
 
 #: Seconds a gevent worker's consumer waits, while its prefetch window is full, before it looks
@@ -80,7 +81,8 @@ class GreenCreditStep(bootsteps.StartStopStep):
 
     Wraps the consumer connection's ``drain_events`` (what Celery's ``synloop`` calls) at each
     (re)connection: while the task channel's QoS has no credit, the poll's timeout becomes
-    :data:`FULL_WINDOW_POLL`; with credit it is Celery's own, and a BRPOP reply ends it at once.
+    :data:`FULL_WINDOW_POLL`; with credit it is Celery's own, and a BRPOP reply ends it at once
+    (:func:`taskpool.compat.kombu.shorten_polls_without_credit`).
     """
 
     label = "taskpool green credit"
@@ -90,16 +92,4 @@ class GreenCreditStep(bootsteps.StartStopStep):
         return bool(getattr(c.pool, "is_green", False))
 
     def start(self, c: Any) -> None:
-        connection = c.connection
-        channel = getattr(getattr(c, "task_consumer", None), "channel", None)
-        qos: Any = getattr(channel, "qos", None)
-        if connection is None or not callable(getattr(qos, "can_consume", None)):
-            return  # not kombu's virtual transport (Redis): nothing to do
-        drain_events = connection.drain_events
-
-        def drain_events_with_credit(timeout: float | None = None, **kwargs: Any) -> Any:
-            if not qos.can_consume():  # looked up each time: Celery may replace it on the instance
-                timeout = FULL_WINDOW_POLL if timeout is None else min(timeout, FULL_WINDOW_POLL)
-            return drain_events(timeout=timeout, **kwargs)
-
-        connection.drain_events = drain_events_with_credit
+        shorten_polls_without_credit(c, FULL_WINDOW_POLL)  # not kombu's virtual transport: no-op

@@ -7,7 +7,8 @@ process wakes in that moment (likely on a busy machine), the reap finds the chil
 the sentinel is already unregistered, and the death is noticed only at the pool's next
 maintenance tick, up to 5 s later. Until then the killed task's GPU slots and limits stay held
 and nothing is redelivered. This pool retries the reap a few times over about a second, so the
-child is joined within milliseconds of its death.
+child is joined within milliseconds of its death. The hook and the child list are billiard's and
+Celery's internals (:mod:`taskpool.compat.billiard`).
 
 ``configure_worker`` in :mod:`taskpool.autoscale` swaps it in for Celery's prefork pool.
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from billiard.pool import RUN
 from celery.concurrency import asynpool, prefork
 from celery.utils.log import get_logger
+
+from taskpool.compat.billiard import ProcessExitHook, in_pool, pool_running
 
 __all__ = ["TaskPool"]
 
@@ -29,21 +31,21 @@ REAP_PATIENCE = 1.0
 logger = get_logger(__name__)
 
 
-class AsynPool(asynpool.AsynPool):
+class AsynPool(ProcessExitHook, asynpool.AsynPool):
     """``AsynPool`` whose sentinel handler retries the reap of a child not yet reapable."""
 
-    def _event_process_exit(self, hub: Any, proc: Any) -> None:
-        super()._event_process_exit(hub, proc)  # untracks the sentinel, then maintain_pool()
-        if proc in self._pool:  # exited, but not reapable yet: maintain_pool() left it in the pool
+    def after_process_exit(self, hub: Any, proc: Any) -> None:
+        # Celery's handler untracked the sentinel, then ran maintain_pool().
+        if in_pool(self, proc):  # exited, but not reapable yet: maintain_pool() left it in the pool
             logger.debug("taskpool: pool process %s closed its sentinel before it could be reaped", proc.pid)
             self._reap_later(hub, proc, REAP_FIRST_DELAY)
 
     def _reap_later(self, hub: Any, proc: Any, delay: float) -> None:
         def again() -> None:
-            if self._state != RUN or proc not in self._pool:
+            if not pool_running(self) or not in_pool(self, proc):
                 return
             self.maintain_pool()
-            if proc in self._pool and delay * 2 <= REAP_PATIENCE:
+            if in_pool(self, proc) and delay * 2 <= REAP_PATIENCE:
                 self._reap_later(hub, proc, delay * 2)  # else Celery's 5 s maintenance tick finds it
 
         hub.call_later(delay, again)

@@ -59,7 +59,7 @@ def test_waits_without_jitter_follow_the_bounds(tp_app: Any, pool_workers: dict[
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return taskpool_cli("tests.app", *args)
+    return taskpool_cli("tests.apps.app", *args)
 
 
 def test_exhausted_retries_leave_a_dead_letter_that_dead_retry_reruns(
@@ -74,7 +74,7 @@ def test_exhausted_retries_leave_a_dead_letter_that_dead_retry_reruns(
     assert int(app.redis.get(f"{key}:calls")) == 2  # retries=1: two attempts
 
     [record] = [d for d in app.dead_letters.list() if d.task_id == result.id]
-    assert record.task == "tests.app.broken"
+    assert record.task == "tests.apps.app.broken"
     assert record.args == [key] and record.kwargs == {"reason": "disk full"}
     assert record.attempts == 2
     assert "RuntimeError" in record.exception and "disk full" in record.exception
@@ -83,7 +83,7 @@ def test_exhausted_retries_leave_a_dead_letter_that_dead_retry_reruns(
 
     listing = run_cli("dead", "ls")
     assert listing.returncode == 0, listing.stderr
-    assert record.id in listing.stdout and "tests.app.broken" in listing.stdout
+    assert record.id in listing.stdout and "tests.apps.app.broken" in listing.stdout
 
     app.redis.set(key, "1")  # the cause is fixed; re-run it
     retried = run_cli("dead", "retry", record.id)

@@ -1,5 +1,5 @@
 """Tasks for the fan-out tests (``task.map``/``starmap``/``spawn``), on queues and keys of their
-own (prefix ``fan.``), so the session workers of tests/app.py never take their messages.
+own (prefix ``fan.``), so the session workers of tests/apps/app.py never take their messages.
 
 Tasks record what ran in Redis (under keys the test passes), so tests check from records which
 inputs ran, how often, and how full the queue was while they ran.

@@ -1,4 +1,4 @@
-"""The autoscaler through real `celery worker` processes (tests/autoscale_app.py).
+"""The autoscaler through real `celery worker` processes (tests/apps/autoscale_app.py).
 
 Everything runs on Redis database 1 of the session's server, with its own queue prefix, so these
 workers never meet the session workers (queues, tasks or broadcasts). What the autoscaler did is
@@ -31,7 +31,7 @@ def as_broker(redis_url: str) -> str:
 @pytest.fixture(scope="module")
 def as_app(as_broker: str) -> Any:
     with mock.patch.dict(os.environ, {"TASKPOOL_BROKER_URL": as_broker}):
-        import tests.autoscale_app as module
+        import tests.apps.autoscale_app as module
     assert module.app.conf.broker_url == as_broker
     return module
 
@@ -44,7 +44,9 @@ def start(as_app: Any, as_broker: str, tmp_path: Path) -> Iterator[Start]:
 
     def run(pool: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Worker:
         name = f"as-{pool}-{os.urandom(3).hex()}"
-        worker = Worker("tests.autoscale_app", pool, as_broker, tmp_path, name=name, extra_args=args, env=env)
+        worker = Worker(
+            "tests.apps.autoscale_app", pool, as_broker, tmp_path, name=name, extra_args=args, env=env
+        )
         started.append(worker)
         return worker.start(as_app.app)
 
@@ -93,7 +95,7 @@ def test_runpod_example_callback_moves_concurrency_one_step_a_second(
     r.set(key, 0)
     worker = start(pool, env={"AUTOSCALE_TEST_MODIFIER": "runpod"}, args=("--autoscale=10,1",))
     info = autoscaler(as_app.app, worker)
-    assert info["mode"] == "callback" and info["callback"] == "tests.autoscale_app.adjust_concurrency"
+    assert info["mode"] == "callback" and info["callback"] == "tests.apps.autoscale_app.adjust_concurrency"
     assert (info["min"], info["max"], info["current"]) == (1, 10, 1)
 
     r.set(key, 100)  # above RunPod's threshold of 50: +1 each call
@@ -210,7 +212,7 @@ def test_celery_control_autoscale_and_taskpool_scale_take_effect(
     assert "not supported with autoscale" in refused[0][worker.hostname]["error"]
 
     env = dict(os.environ, TASKPOOL_BROKER_URL=as_broker, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "taskpool", "scale", "-A", "tests.autoscale_app", "--pool", "threads"]
+    argv = [sys.executable, "-m", "taskpool", "scale", "-A", "tests.apps.autoscale_app", "--pool", "threads"]
     done = subprocess.run(
         [*argv, "--min", "1", "--max", "2", "--buffer", "0", "--cooldown", "0.5"],
         cwd=ROOT,

@@ -10,15 +10,15 @@ import os
 
 from celery import Celery
 
-import tests.app
-import tests.batch_app
-import tests.limits_app
+import tests.apps.app
+import tests.apps.batch_app
+import tests.apps.limits_app
 
 app = Celery("plain", broker=os.environ["TASKPOOL_BROKER_URL"], backend=os.environ["TASKPOOL_BROKER_URL"])
 app.conf.task_default_queue = "plain.celery"
 
 #: What the taskpool app of the same process looks like, to compare.
-TASKPOOL_APP = tests.app.app
+TASKPOOL_APP = tests.apps.app.app
 
 
 @app.task

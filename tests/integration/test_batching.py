@@ -16,20 +16,19 @@ from celery.exceptions import TaskRevokedError
 
 from taskpool.core.errors import BatchError, ConfigurationError
 from taskpool.core.options import Batch
-
-from .conftest import Worker, wait_for
+from tests.conftest import Worker, wait_for
 
 
 @pytest.fixture(scope="module")
 def bat(redis_url: str) -> Any:
     os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.batch_app")
+    return importlib.import_module("tests.apps.batch_app")
 
 
 @pytest.fixture(scope="module")
 def threads_worker(bat: Any, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     logs = tmp_path_factory.mktemp("batch-logs")
-    worker = Worker("tests.batch_app", "threads", redis_url, logs, concurrency=2, name="bthreads",
+    worker = Worker("tests.apps.batch_app", "threads", redis_url, logs, concurrency=2, name="bthreads",
                     env={"TASKPOOL_GPUS": "2"})  # fmt: skip
     worker.start(bat.app)
     yield worker
@@ -65,7 +64,7 @@ def test_batch_option_is_validated_at_declaration(bat: Any) -> None:
 def test_eager_call_is_a_batch_of_one(bat: Any) -> None:
     assert bat.double.apply(args=(21,)).get() == 42
     assert bat.double(5) == 10
-    pattern = r"'tests.batch_app.short' must return a list .* called with 1 inputs, returned 0 results"
+    pattern = r"'tests.apps.batch_app.short' must return a list .* called with 1 inputs, returned 0 results"
     with pytest.raises(BatchError, match=pattern):
         bat.short.apply(args=(1,)).get()
 
@@ -116,7 +115,9 @@ def test_whole_call_failure_retries_every_input(bat: Any, threads_worker: Worker
 def test_wrong_result_length_fails_every_input_without_retry(bat: Any, threads_worker: Worker) -> None:
     results = [bat.short.delay(x) for x in range(3)]
     for r in results:
-        with pytest.raises(BatchError, match=r"'tests.batch_app.short'.*called with 3 inputs, returned 2"):
+        with pytest.raises(
+            BatchError, match=r"'tests.apps.batch_app.short'.*called with 3 inputs, returned 2"
+        ):
             r.get(timeout=20)
     assert [c["size"] for c in calls(bat, "short")] == [3]  # retries=3, yet never called again
 
@@ -141,7 +142,7 @@ def test_chain_continues_from_each_input(bat: Any, threads_worker: Worker) -> No
 
 def test_inspect_stats_shows_batches(bat: Any, threads_worker: Worker) -> None:
     stats = bat.app.control.inspect(destination=[threads_worker.hostname], timeout=5).stats()
-    batches = stats[threads_worker.hostname]["taskpool_batches"]["tests.batch_app.double"]
+    batches = stats[threads_worker.hostname]["taskpool_batches"]["tests.apps.batch_app.double"]
     assert batches["max_size"] == 8 and batches["batches"] >= 1 and batches["inputs"] >= 8
 
 
@@ -149,7 +150,7 @@ def test_killed_pool_process_mid_batch_loses_no_input(bat: Any, redis_url: str, 
     r = bat.app.redis
     r.delete("slow_square:started", "slow_square:ran")
     r.set("slow_square:seconds", 30)
-    worker = Worker("tests.batch_app", "prefork", redis_url, tmp_path, concurrency=1, name="bprefork")
+    worker = Worker("tests.apps.batch_app", "prefork", redis_url, tmp_path, concurrency=1, name="bprefork")
     worker.start(bat.app)
     try:
         results = [bat.slow_square.delay(x) for x in range(4)]
@@ -178,7 +179,7 @@ def test_revoked_input_is_left_out_of_its_batch(bat: Any, threads_worker: Worker
 
 
 def test_async_batched_task_on_gevent(bat: Any, redis_url: str, tmp_path: Path) -> None:
-    worker = Worker("tests.batch_app", "gevent", redis_url, tmp_path, concurrency=10, name="bgevent")
+    worker = Worker("tests.apps.batch_app", "gevent", redis_url, tmp_path, concurrency=10, name="bgevent")
     worker.start(bat.app)
     try:
         results = [bat.echo_async.delay(w) for w in ("a", "b", "c", "d", "e", "f", "g")]
@@ -193,7 +194,7 @@ def test_autoscaler_counts_a_batch_once(bat: Any, redis_url: str, tmp_path: Path
     """Eight buffered or running inputs of one batch need one pool slot, not eight."""
     # A queue of its own: the module's threads worker must not take half the inputs.
     args = ("--autoscale=8,1", "-Q", "bat.scale")
-    worker = Worker("tests.batch_app", "threads", redis_url, tmp_path, name="bscale", extra_args=args)
+    worker = Worker("tests.apps.batch_app", "threads", redis_url, tmp_path, name="bscale", extra_args=args)
     worker.start(bat.app)
     try:
         results = [bat.slow_batch.apply_async((x,), queue="bat.scale") for x in range(8)]

@@ -16,7 +16,7 @@ import pytest
 
 from taskpool.ops.embedded import RedisServer, free_port
 from tests.conftest import ROOT, Worker, wait_for
-from tests.test_compose import compose, project, resolved  # noqa: F401 (fixture)
+from tests.integration.test_compose import compose, project, resolved  # noqa: F401 (fixture)
 
 PASSWORD = "Pw-S3cr3t-xyz-7731"
 
@@ -35,7 +35,7 @@ def start_flower(broker: str, auth: str, tmp_path: Path) -> tuple[subprocess.Pop
         "-m",
         "celery",
         "-A",
-        "tests.app",
+        "tests.apps.app",
         "flower",
         f"--conf={ROOT / 'config' / 'flower.py'}",
     ]
@@ -104,7 +104,7 @@ def test_flower_refuses_weak_credentials(redis_url: str, tmp_path: Path, auth: s
 
 def test_taskpool_up_refuses_weak_flower_credentials_before_starting_anything(tmp_path: Path) -> None:
     done = run(
-        [sys.executable, "-m", "taskpool", "up", "-A", "tests.app", "--flower-port", "0"],
+        [sys.executable, "-m", "taskpool", "up", "-A", "tests.apps.app", "--flower-port", "0"],
         {"FLOWER_BASIC_AUTH": "admin:", "TASKPOOL_BROKER_URL": ""},
     )
     assert done.returncode == 1
@@ -170,12 +170,14 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
         "TASKPOOL_QUEUE_PREFIX": "auth.",
     }
     code = (
-        "import tests.app as t; "
+        "import tests.apps.app as t; "
         "r = t.where_threads.apply_async(queue='auth.threads'); "
         "print(r.get(timeout=30)['worker_pool']); print(t.app.settings); "
         "print(t.app.conf.humanize(with_defaults=False))"
     )
-    worker = Worker("tests.app", "threads", auth_redis.url, tmp_path, concurrency=2, name="auth", env=env)
+    worker = Worker(
+        "tests.apps.app", "threads", auth_redis.url, tmp_path, concurrency=2, name="auth", env=env
+    )
     outputs: list[str] = []
     banner = tmp_path / "auth-worker.out"
     with banner.open("wb") as out:  # the worker's own stdout and stderr (its banner), besides its log
@@ -188,7 +190,7 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
         outputs += [done.stdout, done.stderr]
         assert done.returncode == 0 and done.stdout.startswith("threads"), done.stderr
         for args in (["status"], ["dead", "ls"], ["limits", "ls"], ["slots"]):
-            cli = run([sys.executable, "-m", "taskpool", *args, "-A", "tests.app"], env)
+            cli = run([sys.executable, "-m", "taskpool", *args, "-A", "tests.apps.app"], env)
             outputs += [cli.stdout, cli.stderr]
             assert cli.returncode == 0, cli.stderr
     finally:
@@ -202,7 +204,7 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
 
 def test_unreachable_broker_is_reported_with_its_password_masked() -> None:
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
-    done = run([sys.executable, "-m", "taskpool", "up", "-A", "tests.app", "--no-flower"], {
+    done = run([sys.executable, "-m", "taskpool", "up", "-A", "tests.apps.app", "--no-flower"], {
         "TASKPOOL_BROKER_URL": url
     })  # fmt: skip
     assert done.returncode == 1
@@ -223,7 +225,7 @@ def add(x, y):
 
 
 def test_pickle_in_the_environment_is_refused(redis_url: str) -> None:
-    code = "import tests.app"
+    code = "import tests.apps.app"
     done = run(
         [sys.executable, "-c", code],
         {"TASKPOOL_BROKER_URL": redis_url, "TASKPOOL_EVENT_SERIALIZER": "pickle"},
@@ -247,6 +249,7 @@ def test_pickle_set_after_the_app_was_built_stops_worker_and_client(redis_url: s
     client = run([sys.executable, "-c", "import pkapp; pkapp.add.delay(1, 2)"], env)
     assert client.returncode != 0 and "taskpool accepts JSON only, never pickle" in client.stderr
     serializer = run(
-        [sys.executable, "-c", "import tests.app as t; t.double.apply_async((1,), serializer='pickle')"], env
+        [sys.executable, "-c", "import tests.apps.app as t; t.double.apply_async((1,), serializer='pickle')"],
+        env,
     )
     assert serializer.returncode != 0 and "task_serializer='pickle'" in serializer.stderr

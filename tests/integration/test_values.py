@@ -37,7 +37,7 @@ def one_line_error(done: Any, *needles: str) -> str:
     ],
 )
 def test_limits_set_refuses_bad_values(tp_app: Any, name: str, size: str, shown: str) -> None:
-    one_line_error(taskpool_cli("tests.app", "limits", "set", name, size), shown)
+    one_line_error(taskpool_cli("tests.apps.app", "limits", "set", name, size), shown)
 
 
 def test_limit_store_api_refuses_the_same(tp_app: Any) -> None:
@@ -51,11 +51,11 @@ def test_bad_stored_size_fails_the_task_with_a_dead_letter_and_the_worker_lives(
     redis_url: str, tmp_path: Path
 ) -> None:
     os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    lim = importlib.import_module("tests.limits_app")
+    lim = importlib.import_module("tests.apps.limits_app")
     app = lim.app
     r = app.redis
     limits_key = LimitStore(r, app.settings.keyspace).key
-    worker = Worker("tests.limits_app", "threads", redis_url, tmp_path, concurrency=2, name="badsize")
+    worker = Worker("tests.apps.limits_app", "threads", redis_url, tmp_path, concurrency=2, name="badsize")
     worker.start(app)
     try:
         for stored in ("99999999999999999999999", "abc", "0", "-4"):
@@ -80,13 +80,13 @@ def test_bad_stored_size_fails_the_task_with_a_dead_letter_and_the_worker_lives(
 def test_scale_refuses_non_finite_and_above_ceiling(tp_app: Any, pool_workers: dict[str, Worker]) -> None:
     app = tp_app.app
     one_line_error(
-        taskpool_cli("tests.app", "scale", "--pool", "threads", "--max", "1000000000"),
+        taskpool_cli("tests.apps.app", "scale", "--pool", "threads", "--max", "1000000000"),
         "--max 1000000000",
         "ceiling of 512",
     )
     for value in ("nan", "inf"):
         one_line_error(
-            taskpool_cli("tests.app", "scale", "--pool", "threads", "--cooldown", value),
+            taskpool_cli("tests.apps.app", "scale", "--pool", "threads", "--cooldown", value),
             f"--cooldown {value}",
         )
     # The worker checks too (celery control, Flower's form, another client).
@@ -111,7 +111,9 @@ def test_a_message_too_large_is_refused_before_it_is_sent(tp_app: Any) -> None:
     app = tp_app.app
     queue = "values-test.never-consumed"
     big = "x" * (11 * 1024 * 1024)
-    with pytest.raises(MessageTooLarge, match=r"task 'tests.app.tag': message of 11,534,\d+ bytes is above"):
+    with pytest.raises(
+        MessageTooLarge, match=r"task 'tests.apps.app.tag': message of 11,534,\d+ bytes is above"
+    ):
         tp_app.tag.apply_async((big,), queue=queue)
     with pytest.raises(MessageTooLarge):
         tp_app.tag.delay(big)

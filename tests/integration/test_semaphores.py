@@ -402,7 +402,7 @@ def test_lease_keeper_grace_for_leases_released_by_another_process(make_sem: Sem
 def test_semaphores_package_imports_only_redis_and_stdlib() -> None:
     import sys
 
-    package = Path(__file__).resolve().parent.parent / "taskpool" / "stores" / "semaphores"
+    package = Path(__file__).resolve().parents[2] / "taskpool" / "stores" / "semaphores"
     allowed = set(sys.stdlib_module_names) | {"redis", "taskpool"}
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

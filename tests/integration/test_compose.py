@@ -16,7 +16,7 @@ import pytest
 
 from taskpool.core.settings import POOLS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ALL_PROFILES = ("--profile", "gpu", "--profile", "demo")
 
 

@@ -1,6 +1,6 @@
 """Fan-out through real workers: ``task.map``, ``task.starmap``, ``task.spawn``.
 
-The app (tests/fanout_app.py) has queues of its own (``fan.*``); this module starts a threads
+The app (tests/apps/fanout_app.py) has queues of its own (``fan.*``); this module starts a threads
 worker (-c 8) and a gevent worker (-c 50) for it. No prefork worker runs, so the prefork queue
 (``fanout.parked``) keeps whatever is sent to it: the queue-limit tests fill it.
 """
@@ -38,7 +38,7 @@ def fan(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     os.environ["FANOUT_POLLED_RESULTS"] = str(tmp_path_factory.mktemp("fanout-results"))
     import importlib
 
-    return importlib.import_module("tests.fanout_app")
+    return importlib.import_module("tests.apps.fanout_app")
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,15 @@ def fan_workers(
 ) -> Iterator[dict[str, Worker]]:
     logs = tmp_path_factory.mktemp("fanout-worker-logs")
     workers = {
-        "threads": Worker("tests.fanout_app", "threads", redis_url, logs, concurrency=8, name="fan-threads"),
-        "gevent": Worker("tests.fanout_app", "gevent", redis_url, logs, concurrency=50, name="fan-gevent"),
+        "threads": Worker(
+            "tests.apps.fanout_app", "threads", redis_url, logs, concurrency=8, name="fan-threads"
+        ),
+        "gevent": Worker(
+            "tests.apps.fanout_app", "gevent", redis_url, logs, concurrency=50, name="fan-gevent"
+        ),
         # The app whose results go to files (no async API): map polls the backend.
         "polled": Worker(
-            "tests.fanout_app:polled_app", "threads", redis_url, logs, concurrency=2, name="fan-polled"
+            "tests.apps.fanout_app:polled_app", "threads", redis_url, logs, concurrency=2, name="fan-polled"
         ),
     }
     # In parallel: a gevent worker alone takes seconds to stop.

@@ -1,4 +1,4 @@
-"""The app the test workers run: `celery -A tests.app worker -P ...`.
+"""The app the test workers run: `celery -A tests.apps.app worker -P ...`.
 
 Tasks report facts they observe from inside the worker, so tests prove where and how
 they ran without trusting the routing table.

@@ -24,7 +24,7 @@ PASSWORD = "s3cret-pw"
 @pytest.fixture(scope="module")
 def idle(redis_url: str) -> Any:
     os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.idle_app")
+    return importlib.import_module("tests.apps.idle_app")
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def empty_queues(idle: Any) -> Iterator[None]:
 def test_unreachable_broker_is_one_line_with_the_password_masked(command: tuple[str, ...]) -> None:
     port = free_port()  # nothing listens there
     env = {"TASKPOOL_BROKER_URL": f"redis://:{PASSWORD}@127.0.0.1:{port}/0"}
-    done = taskpool_cli("tests.idle_app", *command, env=env)
+    done = taskpool_cli("tests.apps.idle_app", *command, env=env)
     assert done.returncode == 1, done
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
@@ -59,7 +59,7 @@ def test_unreachable_broker_is_one_line_with_the_password_masked(command: tuple[
 
 def test_debug_shows_the_traceback() -> None:
     env = {"TASKPOOL_BROKER_URL": f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"}
-    done = taskpool_cli("tests.idle_app", "--debug", "slots", env=env)
+    done = taskpool_cli("tests.apps.idle_app", "--debug", "slots", env=env)
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ConnectionError" in done.stderr
 
@@ -68,15 +68,15 @@ def test_a_pool_without_worker_is_named_by_status_map_and_spawn(
     idle: Any, empty_queues: None, redis_url: str, tmp_path: Path
 ) -> None:
     waiting = idle.nap.delay(0)  # idle.threads: no worker consumes it
-    status = taskpool_cli("tests.idle_app", "status", "-A", "tests.idle_app")
+    status = taskpool_cli("tests.apps.idle_app", "status", "-A", "tests.apps.idle_app")
     assert status.returncode == 0, status.stderr
-    assert "app tests.idle_app (-A), Redis at redis://127.0.0.1:" in status.stdout
+    assert "app tests.apps.idle_app (-A), Redis at redis://127.0.0.1:" in status.stdout
     assert (
         "warning: queue idle.threads holds 1 message(s) and no live worker consumes it: they wait "
-        "until a threads worker starts (`taskpool worker -A tests.idle_app --pool threads`)"
+        "until a threads worker starts (`taskpool worker -A tests.apps.idle_app --pool threads`)"
     ) in status.stdout
-    default = taskpool_cli("tests.idle_app", "status")  # the app from TASKPOOL_APP
-    assert "app tests.idle_app (TASKPOOL_APP)" in default.stdout
+    default = taskpool_cli("tests.apps.idle_app", "status")  # the app from TASKPOOL_APP
+    assert "app tests.apps.idle_app (TASKPOOL_APP)" in default.stdout
 
     hint = "no live worker consumes queue 'idle.threads'"
     with pytest.raises(CeleryTimeoutError) as mapped:
@@ -90,14 +90,14 @@ def test_a_pool_without_worker_is_named_by_status_map_and_spawn(
     assert hint in str(spawned.value)
 
     # With a live consumer, a timeout is only a timeout, and status shows who consumes the queue.
-    worker = Worker("tests.idle_app", "threads", redis_url, tmp_path, concurrency=2, name="idle-threads")
+    worker = Worker("tests.apps.idle_app", "threads", redis_url, tmp_path, concurrency=2, name="idle-threads")
     worker.start(idle.app)
     try:
         assert waiting.get(timeout=30) == 0
         with pytest.raises(CeleryTimeoutError) as slow:
             list(idle.nap.map([5], timeout=0.5))
         assert "map timed out" in str(slow.value) and "no live worker" not in str(slow.value)
-        status = taskpool_cli("tests.idle_app", "status")
+        status = taskpool_cli("tests.apps.idle_app", "status")
         assert "warning" not in status.stdout
         assert "idle-threads@test" in status.stdout
     finally:
@@ -117,21 +117,21 @@ def test_dead_letter_ids_are_whole_at_80_columns_and_retry_takes_unique_prefixes
                 traceback="", attempts=1, failed_at=time.time(), id=record_id,
             )
         )  # fmt: skip
-    listing = taskpool_cli("tests.idle_app", "dead", "ls", env={"COLUMNS": "80"})
+    listing = taskpool_cli("tests.apps.idle_app", "dead", "ls", env={"COLUMNS": "80"})
     assert listing.returncode == 0, listing.stderr
     for record_id in ids:
         assert record_id in listing.stdout  # whole, on one line, though the terminal is narrower
 
-    ambiguous = taskpool_cli("tests.idle_app", "dead", "retry", "ab")
+    ambiguous = taskpool_cli("tests.apps.idle_app", "dead", "retry", "ab")
     assert ambiguous.returncode == 1
     expected = f"dead-letter id prefix 'ab' is ambiguous: 2 records match ({ids[0]}, {ids[1]})"
     assert expected in ambiguous.stderr
     assert store.count() == 3  # nothing was sent
 
-    missing = taskpool_cli("tests.idle_app", "dead", "retry", "zz")
+    missing = taskpool_cli("tests.apps.idle_app", "dead", "retry", "zz")
     assert missing.returncode == 1 and "no dead letter with id 'zz'" in missing.stderr
 
-    retried = taskpool_cli("tests.idle_app", "dead", "retry", "ab3", "cd")
+    retried = taskpool_cli("tests.apps.idle_app", "dead", "retry", "ab3", "cd")
     assert retried.returncode == 0, retried.stderr
     assert f"({ids[1]})" in retried.stdout and f"({ids[2]})" in retried.stdout
     assert [r.id for r in store.list()] == [ids[0]]

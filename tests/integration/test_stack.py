@@ -27,10 +27,9 @@ import pytest
 import redis
 
 from taskpool.ops.embedded import RedisServer, free_port
+from tests.conftest import wait_for
 
-from .conftest import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ITEMS = 40
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"

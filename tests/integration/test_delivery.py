@@ -30,7 +30,7 @@ def test_taskpool_worker_command_serves_its_pool_with_defaults(
         "taskpool",
         "worker",
         "-A",
-        "tests.app",
+        "tests.apps.app",
         "--pool",
         "threads",
         "-f",
@@ -68,9 +68,9 @@ def test_whole_worker_sigkill_task_comes_back_after_visibility_timeout(
     app = tp_app.app
     r = app.redis
     key = f"killed-{os.urandom(4).hex()}"
-    victim = Worker("tests.app", "prefork", redis_url, tmp_path, concurrency=1, name="victim", env=env).start(
-        app
-    )
+    victim = Worker(
+        "tests.apps.app", "prefork", redis_url, tmp_path, concurrency=1, name="victim", env=env
+    ).start(app)
     try:
         result = tp_app.slow.apply_async((key, 1.0), queue="kill.prefork")
         wait_for(lambda: r.llen(f"{key}:pids") == 1, 20, what="the task to start")
@@ -79,7 +79,7 @@ def test_whole_worker_sigkill_task_comes_back_after_visibility_timeout(
         victim.stop()
     assert result.status == "PENDING"
     rescuer = Worker(
-        "tests.app", "prefork", redis_url, tmp_path, concurrency=1, name="rescuer", env=env
+        "tests.apps.app", "prefork", redis_url, tmp_path, concurrency=1, name="rescuer", env=env
     ).start(app)
     try:
         assert result.get(timeout=60) == 2  # started twice: once on the victim, once here

@@ -1,4 +1,4 @@
-"""An app with a GPU task, for `taskpool up`'s GPU worker (tests/test_stack_gpu.py)."""
+"""An app with a GPU task, for `taskpool up`'s GPU worker (tests/integration/test_stack_gpu.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The app the autoscaling tests' workers run: `celery -A tests.autoscale_app worker -P ...`.
+"""The app the autoscaling tests' workers run: `celery -A tests.apps.autoscale_app worker -P ...`.
 
 Its own queue prefix and keyspace, and the tests give it its own Redis database, so its workers
 never take the session workers' tasks (nor answer their broadcasts).

@@ -13,21 +13,22 @@ import uuid
 from pathlib import Path
 
 from taskpool.ops.embedded import RedisServer
+from tests.conftest import wait_for
 
-from .conftest import wait_for
 from .test_stack import processes_with, run_client
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_plan_adds_a_gpu_worker_that_alone_takes_gpu_tasks() -> None:
     # In a fresh interpreter: finalizing an app here would register other tests' tasks too.
     planned = run_client(
         "import dataclasses, json\n"
-        "from tests.stack_gpu_app import app\n"
+        "from tests.apps.stack_gpu_app import app\n"
         "from taskpool.stack import plan_workers\n"
         "specs = plan_workers(app, gpus=2, metrics_port=9900)\n"
-        "print(json.dumps([dict(dataclasses.asdict(s), argv=s.argv('tests.stack_gpu_app')) for s in specs]))",
+        "argv = lambda s: s.argv('tests.apps.stack_gpu_app')\n"
+        "print(json.dumps([dict(dataclasses.asdict(s), argv=argv(s)) for s in specs]))",
         "redis://127.0.0.1:1/0",
     )
     assert isinstance(planned, list)
@@ -51,7 +52,7 @@ def test_up_runs_gpu_tasks_on_the_gpu_worker_and_reports_a_crash(tmp_path: Path)
         marker = uuid.uuid4().hex
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "FLOWER_"))}
         env.update(TASKPOOL_BROKER_URL=server.url, TASKPOOL_TEST_STACK=marker, PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, "-m", "taskpool", "up", "-A", "tests.stack_gpu_app", "--no-flower"]
+        cmd = [sys.executable, "-m", "taskpool", "up", "-A", "tests.apps.stack_gpu_app", "--no-flower"]
         cmd += ["--metrics-port", "0", "--gpus", "2"]
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -68,7 +69,7 @@ def test_up_runs_gpu_tasks_on_the_gpu_worker_and_reports_a_crash(tmp_path: Path)
             assert re.search(r"worker-gpu \(pid \d+\): gpu@\S+, 2 GPU slot\(s\)", out), out
             replies = run_client(
                 "import json\n"
-                "from tests.stack_gpu_app import on_gpu\n"
+                "from tests.apps.stack_gpu_app import on_gpu\n"
                 "runs = [on_gpu.delay() for _ in range(4)]  # routed to taskpool.prefork.gpu\n"
                 "print(json.dumps([r.get(timeout=30) for r in runs]))",
                 server.url,

@@ -23,7 +23,7 @@ from tests.conftest import Worker, taskpool_cli, wait_for
 @pytest.fixture(scope="module")
 def lim(redis_url: str) -> Any:
     os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.limits_app")
+    return importlib.import_module("tests.apps.limits_app")
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ def start_worker(lim: Any, redis_url: str, tmp_path: Path) -> Iterator[Any]:
     started: list[Worker] = []
 
     def start(pool: str, name: str, concurrency: int, **env: str) -> Worker:
-        w = Worker("tests.limits_app", pool, redis_url, tmp_path, concurrency=concurrency, name=name, env=env)
+        w = Worker(
+            "tests.apps.limits_app", pool, redis_url, tmp_path, concurrency=concurrency, name=name, env=env
+        )
         started.append(w.start(lim.app))
         return w
 
@@ -142,7 +144,7 @@ def test_sigkilled_child_frees_its_gpu_slot_at_once(lim: Any, start_worker: Any)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return taskpool_cli("tests.limits_app", *args)
+    return taskpool_cli("tests.apps.limits_app", *args)
 
 
 def test_named_limit_without_size_fails_clearly_then_runs_once_set(lim: Any, start_worker: Any) -> None:
@@ -196,13 +198,14 @@ def test_redis_restart_mid_run_workers_reconnect_and_the_cap_holds(tmp_path: Pat
 
     server = RedisServer(tmp_path / "redis", appendonly=True).start()
     ctl = TaskPool("aof", config=False, environ={"TASKPOOL_BROKER_URL": server.url})
-    worker = Worker("tests.limits_app", "prefork", server.url, tmp_path, concurrency=4, name="aof")
+    worker = Worker("tests.apps.limits_app", "prefork", server.url, tmp_path, concurrency=4, name="aof")
     probe = redis.Redis(port=server.port)
     try:
         worker.start(ctl)
         key = f"aof-{os.urandom(3).hex()}"
         ids = [
-            ctl.send_task("tests.limits_app.capped", (key, 0.4), queue="lim.prefork").id for _ in range(10)
+            ctl.send_task("tests.apps.limits_app.capped", (key, 0.4), queue="lim.prefork").id
+            for _ in range(10)
         ]
         wait_for(lambda: probe.llen(f"{key}:started") >= 2, 30, what="the first tasks to start")
         server.stop()  # SIGTERM: Redis flushes its AOF
@@ -229,7 +232,7 @@ def test_redis_restart_mid_run_workers_reconnect_and_the_cap_holds(tmp_path: Pat
         stats = stats_after_restart(ctl, worker.hostname)
         gate = stats["taskpool_admission"]
         assert gate["held"] == {} and gate["waiting"] == [], gate
-        sem = Semaphore(probe, f"node:{worker.hostname}:task:tests.limits_app.capped", 2, keyspace="lim")
+        sem = Semaphore(probe, f"node:{worker.hostname}:task:tests.apps.limits_app.capped", 2, keyspace="lim")
         assert sem.holders() == []
     finally:
         probe.close()

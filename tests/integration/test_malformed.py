@@ -30,7 +30,7 @@ ENV = {"TASKPOOL_QUEUE_PREFIX": PREFIX, "TASKPOOL_KEYSPACE": KEYSPACE}
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real `taskpool` command, on this test's keyspace."""
-    env = dict(os.environ, TASKPOOL_APP="tests.app", PYTHONPATH=str(ROOT), COLUMNS="400", **ENV)
+    env = dict(os.environ, TASKPOOL_APP="tests.apps.app", PYTHONPATH=str(ROOT), COLUMNS="400", **ENV)
     cmd = [sys.executable, "-m", "taskpool", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
@@ -86,7 +86,7 @@ def test_worker_survives_every_malformed_message(
     store.purge()
     queue = f"{PREFIX}{pool}"
     good = getattr(tp_app, f"where_{pool}")
-    worker = Worker("tests.app", pool, redis_url, tmp_path, concurrency=2, name=f"mal-{pool}", env=ENV)
+    worker = Worker("tests.apps.app", pool, redis_url, tmp_path, concurrency=2, name=f"mal-{pool}", env=ENV)
     worker.start(app)
     try:
         cases = malformed(tp_app, queue)
@@ -122,7 +122,7 @@ def test_refused_records_in_the_cli_and_failure_for_the_caller(
     store = DeadLetterStore(r, KEYSPACE)
     store.purge()
     queue = f"{PREFIX}threads"
-    worker = Worker("tests.app", "threads", redis_url, tmp_path, concurrency=2, name="mal-cli", env=ENV)
+    worker = Worker("tests.apps.app", "threads", redis_url, tmp_path, concurrency=2, name="mal-cli", env=ENV)
     worker.start(app)
     try:
         entry = real_entry(tp_app, queue)
@@ -133,7 +133,9 @@ def test_refused_records_in_the_cli_and_failure_for_the_caller(
         r.lpush(queue, b"not json at all")
         wait_for(lambda: store.count() == 2, 20, what="two dead letters")
         unknown_id = str(uuid.uuid4())
-        r.lpush(queue, with_body(entry, b"[[1, 2], {}, {}]", task="tests.app.no_such_task", id=unknown_id))
+        r.lpush(
+            queue, with_body(entry, b"[[1, 2], {}, {}]", task="tests.apps.app.no_such_task", id=unknown_id)
+        )
         wait_for(lambda: store.count() == 3, 20, what="the unknown task's dead letter")
     finally:
         worker.stop()

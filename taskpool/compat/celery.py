@@ -1,0 +1,113 @@
+"""Celery internals taskpool relies on, in one place (read from Celery 5.7.0 as installed).
+
+Each function names the private attribute or method it uses and where it lives in Celery's
+source; tests/integration/test_compat_internals.py checks each still has the shape read here and
+fails naming the function to update. This module imports nothing of taskpool, and nothing of
+Celery's worker at import time (clients import it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from celery import _state as celery_state
+
+# == client and consumer internals: current_task, the Redis result consumer, the task handler ==
+
+
+def repoint_current_task(target: Callable[[], Any]) -> bool:
+    """Make ``celery.current_task`` read ``target()`` instead of Celery's task stack.
+
+    Internal: ``celery.local.Proxy`` keeps the function it proxies in the name-mangled slot
+    ``_Proxy__local`` (``__slots__ = ('__local', ...)``, celery/local.py, Celery 5.7.0);
+    ``celery._state.current_task`` is such a proxy over ``get_current_task``. No public hook
+    exists. The proxy is re-pointed only while it still points at ``get_current_task``.
+
+    Returns:
+        False when the slot is missing (Celery changed its ``Proxy``): nothing was changed.
+    """
+    proxy = celery_state.current_task
+    try:
+        current = object.__getattribute__(proxy, "_Proxy__local")
+    except AttributeError:
+        return False
+    if current is celery_state.get_current_task:
+        object.__setattr__(proxy, "_Proxy__local", target)
+    return True
+
+
+#: The ``ResultConsumer`` attributes :func:`subscribe_results` needs.
+RESULT_CONSUMER_INTERNALS = ("_locked", "_pubsub", "subscribed_to", "start", "reconnect_on_error")
+
+
+def subscribe_results(backend: Any, task_ids: list[str]) -> bool:
+    """Subscribe Celery's Redis result consumer to the result channels of ``task_ids`` with one
+    SUBSCRIBE command (Celery's ``consume_from`` sends one per task).
+
+    Internals of ``celery.backends.redis.ResultConsumer`` (Celery 5.7.0): ``_locked()`` (the
+    context manager every pubsub operation runs in), ``_pubsub`` (the redis-py ``PubSub``, None
+    until ``start(task_id)`` makes it), ``subscribed_to`` (the channel keys; a reconnect
+    subscribes them again), ``_pending_unsubscribe`` (keys a ``cancel_for`` queued; a key
+    subscribed again must leave it, as ``_consume_from`` does) and ``reconnect_on_error()``.
+
+    Returns:
+        False when the backend's result consumer is not one with these attributes: nothing was
+        done, and Celery subscribes per message as usual.
+    """
+    consumer: Any = getattr(backend, "result_consumer", None)
+    if not all(hasattr(consumer, name) for name in RESULT_CONSUMER_INTERNALS):
+        return False
+    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+    with consumer._locked():
+        if consumer._pubsub is None:
+            consumer.start(task_ids[0])  # Celery's own first subscribe makes the pubsub connection
+        new = [key for key in keys if key not in consumer.subscribed_to]
+        if not new:
+            return True
+        pending = getattr(consumer, "_pending_unsubscribe", None)
+        if pending is not None:
+            pending.difference_update(new)
+        consumer.subscribed_to.update(new)  # before the command: a reconnect re-subscribes these
+        with consumer.reconnect_on_error():
+            consumer._pubsub.subscribe(*new)
+    return True
+
+
+def drain_results_until(backend: Any, until: Any, timeout: float | None, interval: float) -> Iterator[Any]:
+    """Drain the backend's result channel until the promise ``until`` is ready or ``timeout``
+    seconds passed (then ``socket.timeout``), waking every ``interval`` seconds.
+
+    Internal: ``backend.result_consumer.drainer`` (``celery.backends.asynchronous.Drainer``,
+    chosen per environment: threads, eventlet or gevent) and its ``drain_events_until(p,
+    timeout, interval)``, what ``AsyncResult.get`` waits with (Celery 5.7.0). The consumer's own
+    ``drain_events_until`` does not take ``interval``.
+    """
+    drainer = backend.result_consumer.drainer
+    return drainer.drain_events_until(until, timeout=timeout, interval=interval)
+
+
+def wrap_task_handler(consumer: Any, wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> bool:
+    """Put ``wrap`` around every task-message handler the worker's consumer makes.
+
+    Internal: ``Consumer.create_task_handler()`` (celery/worker/consumer/consumer.py, Celery
+    5.7.0) builds the ``on_task_received(message)`` callback that Celery's event loops
+    (``asynloop``, ``synloop``) consume task messages with; it is replaced on the instance by
+    one returning ``wrap(handler)``. No public hook sees a message before Celery decodes it.
+
+    Returns:
+        False when the consumer has no ``create_task_handler`` or it is wrapped already.
+    """
+    original = getattr(consumer, "create_task_handler", None)
+    if original is None or getattr(original, "taskpool_wrapped", False):
+        return False
+
+    def create_task_handler(*args: Any, **kwargs: Any) -> Any:
+        return wrap(original(*args, **kwargs))
+
+    create_task_handler.taskpool_wrapped = True  # type: ignore[attr-defined]
+    consumer.create_task_handler = create_task_handler
+    return True
+
+
+# == end of client and consumer internals ======================================================

@@ -1,0 +1,297 @@
+"""The private Celery, kombu and billiard internals taskpool uses still have the shape it read.
+
+One test per function of taskpool.compat, on the installed versions and a real Redis: each
+checks the internal is there with the expected shape, then runs the function on real objects.
+A failure names the function of taskpool/compat/ to update for the new version.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import inspect
+import json
+import re
+import socket
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import billiard
+import celery
+import kombu
+import pytest
+import redis
+from celery import _state as celery_state
+from celery.backends.redis import ResultConsumer
+from celery.concurrency import asynpool
+from celery.local import Proxy
+from celery.worker import loops
+from celery.worker.consumer.consumer import Consumer
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as virtual
+from vine import promise
+
+from taskpool.compat import billiard as compat_billiard
+from taskpool.compat import celery as compat_celery
+from taskpool.compat import kombu as compat_kombu
+
+COMPAT = {"celery": compat_celery, "kombu": compat_kombu, "billiard": compat_billiard}
+
+
+def update(function: str) -> str:
+    """The failure message: which compat function to update, for which installed versions."""
+    return (
+        f"update taskpool.compat.{function} (installed: celery {celery.__version__}, "
+        f"kombu {kombu.__version__}, billiard {billiard.__version__})"
+    )
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[kombu.Connection]:
+    conn = kombu.Connection(redis_url, transport_options={"visibility_timeout": 3600})
+    yield conn
+    conn.release()
+
+
+@pytest.fixture
+def queue_name(redis_client: redis.Redis) -> Iterator[str]:
+    name = f"compat-{uuid.uuid4().hex[:8]}"
+    yield name
+    redis_client.delete(name)
+
+
+def consumer_of(connection: kombu.Connection, queue: kombu.Queue, **kwargs: Any) -> SimpleNamespace:
+    """What compat reads of Celery's worker consumer: its connection and task consumer."""
+    task_consumer = connection.Consumer(queue, **kwargs)
+    task_consumer.consume()
+    return SimpleNamespace(connection=connection, task_consumer=task_consumer)
+
+
+# -- celery -------------------------------------------------------------------------------
+def test_repoint_current_task() -> None:
+    fn = "celery.repoint_current_task"
+    assert "__local" in Proxy.__slots__, update(fn)
+    import taskpool.client.task as task_module  # re-points current_task when imported
+
+    target = object.__getattribute__(celery_state.current_task, "_Proxy__local")
+    assert target is task_module._current_task, update(fn)
+    assert compat_celery.repoint_current_task(task_module._current_task), update(fn)
+    assert celery.current_task._get_current_object() is None  # no task runs
+
+    def inside_a_coroutine() -> Any:
+        task = object()
+        task_module._coroutine_request.set((task, None))  # type: ignore[arg-type]
+        return celery.current_task._get_current_object() is task
+
+    assert contextvars.copy_context().run(inside_a_coroutine), update(fn)
+
+
+def test_subscribe_results_and_drain_results_until(redis_url: str) -> None:
+    fn = "celery.subscribe_results"
+    app = celery.Celery("compat", broker=redis_url, backend=redis_url, set_as_current=False)
+    backend = app.backend
+    results: list[Any] = []
+    try:
+        consumer = backend.result_consumer
+        assert isinstance(consumer, ResultConsumer), update(fn)
+        for name in (*compat_celery.RESULT_CONSUMER_INTERNALS, "_pending_unsubscribe"):
+            assert hasattr(consumer, name), update(fn)
+        assert consumer._pubsub is None, update(fn)  # made by the first subscribe
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        assert compat_celery.subscribe_results(backend, ids), update(fn)
+        keys = {backend.get_key_for_task(i) for i in ids}
+        assert keys <= consumer.subscribed_to, update(fn)
+        assert keys <= {
+            bytes(k) if isinstance(k, bytes) else k.encode() for k in consumer._pubsub.channels
+        }, update(fn)
+
+        fn = "celery.drain_results_until"
+        parameters = inspect.signature(consumer.drainer.drain_events_until).parameters
+        assert {"p", "timeout", "interval"} <= set(parameters), update(fn)
+        results += [app.AsyncResult(i) for i in ids]
+        done: list[str] = []
+        for r in results:
+            r.then(lambda r: done.append(r.id))
+        with warnings.catch_warnings():  # redis-py deprecates the SETEX Celery's backend stores with
+            warnings.simplefilter("ignore", DeprecationWarning)
+            backend.store_result(ids[1], 42, "SUCCESS")
+        woken = promise()
+        results[1].then(lambda r: woken())
+        for _ in compat_celery.drain_results_until(backend, woken, 10, 0.05):
+            pass
+        assert done == [ids[1]] and results[1].get(timeout=1) == 42, update(fn)
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            for _ in compat_celery.drain_results_until(backend, promise(), 0.2, 0.05):
+                pass
+        assert time.monotonic() - started < 5, update(fn)
+    finally:
+        for r in results:
+            backend.remove_pending_result(r)
+        results.clear()
+        gc.collect()  # AsyncResult.__del__ unsubscribes: now, while Redis runs
+        app.close()
+
+
+def test_wrap_task_handler() -> None:
+    fn = "celery.wrap_task_handler"
+    assert callable(getattr(Consumer, "create_task_handler", None)), update(fn)
+    # Celery's loops ask the consumer instance for the handler: a wrapper set on the instance is used.
+    for loop in (loops.asynloop, loops.synloop):
+        assert "obj.create_task_handler()" in inspect.getsource(loop), update(fn)
+    made: list[str] = []
+
+    class Fake:
+        def create_task_handler(self) -> Any:
+            return lambda message: made.append(f"celery:{message}")
+
+    fake = Fake()
+    assert compat_celery.wrap_task_handler(fake, lambda handler: lambda m: handler(f"checked {m}"))
+    assert not compat_celery.wrap_task_handler(fake, lambda handler: handler)  # once only
+    fake.create_task_handler()("m")
+    assert made == ["celery:checked m"]
+
+
+# -- kombu --------------------------------------------------------------------------------
+def test_guard_brpop_reader_and_forget_delivery(connection: kombu.Connection, queue_name: str) -> None:
+    fn = "kombu.guard_brpop_reader"
+    channel = connection.default_channel
+    assert isinstance(channel, kombu_redis.Channel), update(fn)
+    assert callable(channel.handlers.get("BRPOP")), update(fn)
+    assert list(inspect.signature(channel.client.parse_response).parameters)[:2] == [
+        "connection",
+        "command_name",
+    ], update(fn)
+    assert channel.sep == "\x06\x16", update(fn)
+    refused: list[tuple[str, bytes, str]] = []
+    received: list[Any] = []
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    consumer = consumer_of(connection, queue, callbacks=[lambda body, message: received.append(body)])
+    guarded = compat_kombu.guard_brpop_reader(
+        consumer, lambda q, item, exc: refused.append((q, item, type(exc).__name__)), lambda channel: ()
+    )
+    assert guarded, update(fn)
+    assert not compat_kombu.guard_brpop_reader(consumer, lambda *a: None, lambda channel: ())  # once only
+    channel.client.lpush(queue_name, b"not json")
+    connection.drain_events(timeout=5)  # kombu fails on the entry; the guard hands it over
+    assert refused and refused[0][:2] == (queue_name, b"not json"), (refused, update(fn))
+    with connection.Producer() as producer:
+        producer.publish({"x": 1}, routing_key=queue_name, declare=[queue])
+    connection.drain_events(timeout=5)
+    assert received == [{"x": 1}], update(fn)  # a good entry is kombu's as before
+
+    fn = "kombu.forget_delivery"
+    assert inspect.signature(channel.qos.ack).parameters.keys() == {"delivery_tag"}, update(fn)
+    queue2 = kombu.Queue(f"{queue_name}-2", routing_key=f"{queue_name}-2")
+    with connection.Producer() as producer:
+        producer.publish({"y": 2}, routing_key=queue2.name, declare=[queue2])
+    [entry] = channel.client.lrange(queue2.name, 0, -1)
+    tag = json.loads(entry)["properties"]["delivery_tag"]
+    got: list[Any] = []
+    consumer_of(connection, queue2, callbacks=[lambda body, message: got.append(message)])
+    connection.drain_events(timeout=5)
+    assert got and channel.client.hexists(channel.unacked_key, tag), update(fn)  # delivered, unacked
+    compat_kombu.forget_delivery(channel, entry)
+    assert not channel.client.hexists(channel.unacked_key, tag), update(fn)
+
+
+def test_restore_messages(connection: kombu.Connection, queue_name: str) -> None:
+    fn = "kombu.restore_messages"
+    channel = connection.default_channel
+    assert {"tag", "client", "leftmost"} <= set(inspect.signature(channel.qos.restore_by_tag).parameters), (
+        update(fn)
+    )
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    got: list[Any] = []
+    consumer = consumer_of(connection, queue, callbacks=[lambda body, message: got.append(message)])
+    with connection.Producer() as producer:
+        producer.publish({"z": 3}, routing_key=queue_name, declare=[queue])
+    connection.drain_events(timeout=5)
+    assert got and channel.client.llen(queue_name) == 0
+    consumer.task_consumer.cancel()
+    assert compat_kombu.restore_messages(consumer, [got[0].delivery_tag]) == 1, update(fn)
+    assert channel.client.llen(queue_name) == 1, update(fn)
+
+
+def test_close_task_channel(connection: kombu.Connection, queue_name: str) -> None:
+    fn = "kombu.close_task_channel"
+    from celery.utils import threads
+
+    assert callable(getattr(threads, "bound_open_broker_sockets", None)), update(fn)
+    assert callable(getattr(threads, "default_socket_timeout", None)), update(fn)
+    channel = connection.default_channel
+    assert channel.closed is False, update(fn)
+    consumer = consumer_of(connection, kombu.Queue(queue_name, routing_key=queue_name))
+    compat_kombu.close_task_channel(consumer)
+    assert channel.closed is True, update(fn)
+
+
+def test_shorten_polls_without_credit(connection: kombu.Connection, queue_name: str) -> None:
+    fn = "kombu.shorten_polls_without_credit"
+    assert callable(getattr(virtual.QoS, "can_consume", None)), update(fn)
+    # Why: Celery's loop without an event loop (gevent) polls with a 2 s timeout.
+    assert "connection.drain_events(timeout=2.0)" in inspect.getsource(loops.synloop), update(fn)
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    got: list[Any] = []
+    consumer = consumer_of(connection, queue, callbacks=[lambda body, message: got.append(message)])
+    consumer.task_consumer.qos(prefetch_count=1)
+    assert compat_kombu.shorten_polls_without_credit(consumer, 0.01), update(fn)
+    with connection.Producer() as producer:
+        producer.publish({"w": 4}, routing_key=queue_name, declare=[queue])
+    connection.drain_events(timeout=5)
+    assert got and not connection.default_channel.qos.can_consume(), update(fn)  # the window is full
+    started = time.monotonic()
+    with pytest.raises(socket.timeout):
+        connection.drain_events(timeout=2.0)
+    assert time.monotonic() - started < 1.0, update(fn)
+    got[0].ack()
+
+
+# -- billiard -----------------------------------------------------------------------------
+def test_process_exit_hook() -> None:
+    fn = "billiard.ProcessExitHook"
+    handler = getattr(asynpool.AsynPool, "_event_process_exit", None)
+    assert callable(handler), update(fn)
+    assert list(inspect.signature(handler).parameters) == ["self", "hub", "proc"], update(fn)
+    assert "maintain_pool()" in inspect.getsource(handler), update(fn)
+    from taskpool.worker.pools.prefork import AsynPool
+
+    assert AsynPool._event_process_exit is compat_billiard.ProcessExitHook._event_process_exit
+
+
+def test_in_pool_and_pool_running() -> None:
+    from billiard.pool import Pool
+
+    pool = Pool(1)
+    try:
+        [child] = pool._pool
+        assert compat_billiard.in_pool(pool, child), update("billiard.in_pool")
+        assert compat_billiard.pool_running(pool), update("billiard.pool_running")
+    finally:
+        pool.terminate()
+        pool.join()
+    assert not compat_billiard.pool_running(pool), update("billiard.pool_running")
+
+
+# -- every compat function is checked -------------------------------------------------------
+def test_every_compat_function_has_a_check() -> None:
+    """A new function in taskpool/compat/ comes with a check of its internal, here or in
+    tests/test_compat.py."""
+    here = Path(__file__).read_text()
+    other = Path(__file__).resolve().parents[1] / "test_compat.py"
+    text = here + (other.read_text() if other.exists() else "")
+    missing = [
+        f"{library}.{name}"
+        for library, module in COMPAT.items()
+        for name, value in vars(module).items()
+        if (inspect.isfunction(value) or inspect.isclass(value))
+        and value.__module__ == module.__name__
+        and not name.startswith("_")
+        and not re.search(rf"\b{name}\b", text)
+    ]
+    assert not missing, f"no check of the internal behind: {missing}"
