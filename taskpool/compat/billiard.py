@@ -51,3 +51,20 @@ def pool_running(pool: Any) -> bool:
 
 
 # == end of the prefork pool's children ========================================================
+
+
+# -- autoscale: the prefork children (taskpool.worker.autoscale) -------------------------------------
+# Read from billiard 4.3.2: billiard/pool.py.
+def child_pids(pool: Any) -> list[int]:
+    """The pids of a billiard ``Pool``'s worker processes (empty for anything else).
+
+    ``Pool._pool``, the list of ``Process`` objects; there is no public list of child pids
+    (Celery's prefork ``TaskPool.info`` reads the same attribute).
+    """
+    procs = getattr(pool, "_pool", None)
+    if not isinstance(procs, list):
+        return []
+    return [pid for pid in (getattr(proc, "pid", None) for proc in procs) if isinstance(pid, int)]
+
+
+# -- end of autoscale ------------------------------------------------------------------------------

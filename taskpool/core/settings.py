@@ -7,7 +7,8 @@ Precedence, lowest first:
    project's ``config/celery.py``) when it can be imported;
 3. environment variables: every Celery setting can be set as ``TASKPOOL_<SETTING>``
    (``TASKPOOL_WORKER_PREFETCH_MULTIPLIER=4``), converted with Celery's own types,
-   plus the taskpool settings of :data:`TASKPOOL_SETTINGS`.
+   plus the taskpool settings of :data:`TASKPOOL_SETTINGS` and each pool's autoscaling
+   settings (:func:`autoscale_settings`, ``TASKPOOL_AUTOSCALE_*``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from celery.app import defaults as celery_defaults
 from celery.utils.serialization import strtobool
 
 from taskpool.core.errors import ConfigurationError
+from taskpool.core.policy import parse_bounds
 
 ENV_PREFIX = "TASKPOOL_"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -257,6 +259,59 @@ def _convert(key: str, raw: str, kind: str) -> Any:
         return raw
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"environment {key}={raw!r}: expected a {kind} ({exc})") from None
+
+
+def autoscale_settings(
+    pool: str, environ: Mapping[str, str] | None = None, conf: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``pool``'s autoscaling settings, as keyword arguments of ``AutoscaleConfig`` (pool excluded).
+
+    Read from ``environ`` (default ``os.environ``) over ``conf`` (the config module's lowercase
+    names, ``autoscale_gevent``): ``TASKPOOL_AUTOSCALE_<POOL>`` (``"max,min"``), then
+    ``TASKPOOL_AUTOSCALE_<POOL>_<NAME>`` over ``TASKPOOL_AUTOSCALE_<NAME>`` for ``BUFFER``,
+    ``COOLDOWN``, ``TARGET_CPU`` and ``CALLBACK_TIMEOUT``, and the concurrency modifier's dotted
+    path from ``TASKPOOL_CONCURRENCY_MODIFIER_<POOL>``. Only the settings found are returned.
+
+    Raises:
+        ConfigurationError: for a value of the wrong type, naming the setting and the value.
+    """
+    env = os.environ if environ is None else environ
+    conf = conf or {}
+
+    def raw(*names: str) -> tuple[str, Any] | None:
+        for name in names:  # most specific first; the environment before the config module
+            value = env.get(ENV_PREFIX + name.upper())
+            if value not in (None, ""):
+                return ENV_PREFIX + name.upper(), value
+        for name in names:
+            value = conf.get(name.lower())
+            if value not in (None, ""):
+                return name.lower(), value
+        return None
+
+    def number(kind: Callable[[Any], Any], name: str) -> Any:
+        found = raw(f"autoscale_{pool}_{name}", f"autoscale_{name}")
+        if found is None:
+            return None
+        key, value = found
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"setting {key}={value!r}: expected a {kind.__name__}") from None
+
+    values: dict[str, Any] = {}
+    bounds = raw(f"autoscale_{pool}")
+    if bounds is not None:
+        values["max"], values["min"] = parse_bounds(bounds[1], what=bounds[0])
+    numbers = (("buffer", int), ("cooldown", float), ("target_cpu", float), ("callback_timeout", float))
+    for name, kind in numbers:
+        value = number(kind, name)
+        if value is not None:
+            values[name] = value
+    modifier = raw(f"concurrency_modifier_{pool}")
+    if modifier is not None:
+        values["modifier"] = modifier[1]
+    return values
 
 
 #: Settings that name a serializer or the content types a process accepts.

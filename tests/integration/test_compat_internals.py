@@ -281,10 +281,9 @@ def test_in_pool_and_pool_running() -> None:
 # -- every compat function is checked -------------------------------------------------------
 def test_every_compat_function_has_a_check() -> None:
     """A new function in taskpool/compat/ comes with a check of its internal, here or in
-    tests/test_compat.py."""
+    in test_compat_autoscale.py (the autoscaler's probes)."""
     here = Path(__file__).read_text()
-    other = Path(__file__).resolve().parents[1] / "test_compat.py"
-    text = here + (other.read_text() if other.exists() else "")
+    text = here + (Path(__file__).parent / "test_compat_autoscale.py").read_text()
     missing = [
         f"{library}.{name}"
         for library, module in COMPAT.items()

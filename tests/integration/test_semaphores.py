@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import logging
 import pickle
 import threading
@@ -10,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import redis
@@ -397,24 +395,3 @@ def test_lease_keeper_grace_for_leases_released_by_another_process(make_sem: Sem
     assert lost == [stolen]
     with_missing_ok = sem.release(released, missing_ok=True)
     assert with_missing_ok is False  # already free, and no warning asked for
-
-
-def test_semaphores_package_imports_only_redis_and_stdlib() -> None:
-    import sys
-
-    package = Path(__file__).resolve().parents[2] / "taskpool" / "stores" / "semaphores"
-    allowed = set(sys.stdlib_module_names) | {"redis", "taskpool"}
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-                if node.module.startswith("taskpool"):
-                    assert node.module in ("taskpool.core.errors",) or node.module.startswith(
-                        "taskpool.stores.semaphores"
-                    ), f"{path.name} imports {node.module}"
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"

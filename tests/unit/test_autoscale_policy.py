@@ -165,6 +165,39 @@ def test_bad_autoscale_settings_are_refused_with_the_value(env: dict[str, str], 
         AutoscaleConfig.from_env("threads", env, {})
 
 
+def test_autoscale_settings_are_read_in_core_settings() -> None:
+    from taskpool.core.settings import autoscale_settings
+
+    env = {"TASKPOOL_AUTOSCALE_PREFORK": "6", "TASKPOOL_AUTOSCALE_PREFORK_TARGET_CPU": "0.6"}
+    assert autoscale_settings("prefork", env, {"autoscale_cooldown": "4"}) == {
+        "max": 6,
+        "min": None,
+        "cooldown": 4.0,
+        "target_cpu": 0.6,
+    }
+    assert autoscale_settings("threads", {}, {}) == {}
+
+
+def test_policy_module_is_pure() -> None:
+    """taskpool.core.policy imports neither Celery nor Redis: only the stdlib and taskpool.core."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import taskpool.core.policy
+
+    tree = ast.parse(Path(taskpool.core.policy.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] in sys.stdlib_module_names or name.startswith("taskpool.core."), name
+
+
 def test_target_cpu_range() -> None:
     assert AutoscaleConfig("prefork", target_cpu=0.7).target_cpu == 0.7
     with pytest.raises(ConfigurationError, match=r"target_cpu=0.99 must be within 0.05-0.95"):

@@ -1,0 +1,199 @@
+"""The Celery, kombu and billiard internals taskpool.compat relies on: each test fails loudly when
+the installed library changes the attribute, method or call it names."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from taskpool.compat.billiard import child_pids
+from taskpool.compat.celery import (
+    gevent_free_slots,
+    inner_pool,
+    pool_size,
+    sync_pool_limit,
+    update_prefetch_count,
+)
+from tests.conftest import wait_for
+
+
+# -- autoscale (taskpool.worker.autoscale) ---------------------------------------------------------
+def test_autoscale_celery_prefork_pool_keeps_billiards_pool_in__pool() -> None:
+    from celery.concurrency.base import BasePool
+    from celery.concurrency.prefork import TaskPool
+
+    assert inner_pool(BasePool(1)) is None  # BasePool._pool declared None until a pool starts
+    made: list[Any] = []
+
+    class Recorder:
+        def __init__(self, **options: Any) -> None:
+            self._processes = options["processes"]
+            made.append(self)
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: None  # apply_async, maintain_pool, grow, shrink, ...
+
+    pool = TaskPool(3)
+    pool.BlockingPool = pool.Pool = Recorder  # type: ignore[misc]
+    pool.on_start()
+    assert made and inner_pool(pool) is made[0]
+    assert pool_size(pool) == 3  # prefork's num_processes reads billiard's Pool._processes
+    made[0]._processes = 5  # what billiard's grow does
+    assert pool_size(pool) == 5 and pool.limit == 3
+    sync_pool_limit(pool)
+    assert pool.limit == 5
+
+
+def test_autoscale_billiard_pool_lists_its_processes_in__pool() -> None:
+    from billiard.pool import Pool
+
+    assert list(inspect.signature(Pool.grow).parameters) == ["self", "n"]
+    assert list(inspect.signature(Pool.shrink).parameters) == ["self", "n"]
+    pool = Pool(processes=1)
+    try:
+        assert pool._processes == 1
+        assert child_pids(pool) == [p.pid for p in pool._pool] and len(child_pids(pool)) == 1
+        pool.grow(1)
+        assert pool._processes == 2
+        pool.maintain_pool()
+        wait_for(lambda: len(child_pids(pool)) == 2, timeout=10, what="billiard to start the new child")
+        assert all(isinstance(pid, int) and pid > 0 for pid in child_pids(pool))
+    finally:
+        pool.terminate()
+    assert child_pids(object()) == [] and child_pids(None) == []
+
+
+def test_autoscale_billiard_shrink_refuses_busy_processes_with_value_error() -> None:
+    from billiard.pool import Pool
+
+    pool = Pool(processes=1)
+    try:
+        result = pool.apply_async(time.sleep, (1,))
+        wait_for(lambda: pool._cache and any(j.worker_pids() for j in pool._cache.values()), timeout=10)
+        with pytest.raises(ValueError, match="All processes busy"):
+            pool.shrink(1)  # the autoscaler shrinks one at a time and stops at this error
+        assert pool._processes == 1
+        result.get(timeout=10)
+    finally:
+        pool.terminate()
+
+
+def test_autoscale_celery_gevent_pool_wraps_a_gevent_pool() -> None:
+    # The test process stays gevent-free: ask a child process.
+    script = textwrap.dedent(
+        """
+        import json
+        import gevent
+        import gevent.pool
+        from celery.concurrency.gevent import TaskPool
+        from taskpool.compat.celery import gevent_free_slots, inner_pool, pool_size
+
+        pool = TaskPool(3)
+        before = inner_pool(pool)
+        pool.on_start()
+        out = {"before": before is None, "is_gevent": isinstance(inner_pool(pool), gevent.pool.Pool)}
+        out["free"] = gevent_free_slots(pool)
+        inner_pool(pool).spawn(gevent.sleep, 5)
+        out["busy"] = gevent_free_slots(pool)
+        pool.grow(1)
+        out["grown"] = [gevent_free_slots(pool), pool_size(pool)]
+        pool.shrink(2)
+        out["shrunk"] = [gevent_free_slots(pool), pool_size(pool)]
+        print(json.dumps(out))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"before": True, "is_gevent": True, "free": 3, "busy": 2, "grown": [3, 4], "shrunk": [1, 2]}
+
+
+def test_autoscale_gevent_free_slots_is_none_elsewhere() -> None:
+    from celery.concurrency.base import BasePool
+
+    assert gevent_free_slots(BasePool(2)) is None
+    assert gevent_free_slots(SimpleNamespace(_pool=SimpleNamespace(_pool=[]))) is None
+
+
+def test_autoscale_consumer_update_prefetch_count_widens_the_qos() -> None:
+    from celery.worker.consumer.consumer import Consumer
+    from kombu.common import QoS
+
+    assert list(inspect.signature(Consumer._update_prefetch_count).parameters) == ["self", "index"]
+    applied: list[int] = []
+    consumer: Any = SimpleNamespace(
+        pool=SimpleNamespace(num_processes=4),
+        initial_prefetch_count=4,
+        prefetch_multiplier=2,
+        qos=QoS(applied.append, 4),
+    )
+    consumer._update_qos_eventually = lambda index: Consumer._update_qos_eventually(consumer, index)
+    consumer._update_prefetch_count = lambda index: Consumer._update_prefetch_count(consumer, index)
+    update_prefetch_count(consumer, 2)
+    assert consumer.qos.value == 8  # 2 slots x multiplier 2
+    update_prefetch_count(consumer, -1)
+    assert consumer.qos.value == 6
+    assert consumer.initial_prefetch_count == 8  # num_processes x multiplier
+    update_prefetch_count(None, 3)  # no worker consumer yet: nothing to do
+    update_prefetch_count(SimpleNamespace(qos=None), 3)
+
+
+def test_autoscale_celery_autoscaler_contract() -> None:
+    """What CallbackAutoscaler inherits and overrides from celery.worker.autoscale.Autoscaler."""
+    from celery.worker.autoscale import Autoscaler
+
+    params = list(inspect.signature(Autoscaler.__init__).parameters)
+    assert params == ["self", "pool", "max_concurrency", "min_concurrency", "worker", "keepalive", "mutex"]
+    assert isinstance(Autoscaler.processes, property) and isinstance(Autoscaler.qty, property)
+    for name in ("body", "maybe_scale", "on_task_received", "update", "info"):
+        assert callable(getattr(Autoscaler, name)), name
+
+
+def test_autoscale_celery_calls_maybe_scale_on_the_hub_and_per_message() -> None:
+    """Event-loop pools: the hub calls maybe_scale() every keepalive, each message maybe_scale(req)."""
+    from celery.worker.autoscale import WorkerComponent
+
+    scaler = SimpleNamespace(keepalive=1.0, maybe_scale=lambda req=None: None)
+    consumer = SimpleNamespace(on_task_message=set())
+    w: Any = SimpleNamespace(autoscale=True, use_eventloop=True, consumer=consumer)
+    step = WorkerComponent(w)
+    w.autoscaler = scaler
+    timers: list[tuple[Any, ...]] = []
+    hub = SimpleNamespace(call_repeatedly=lambda *args: timers.append(args))
+    step.register_with_event_loop(w, hub)
+    assert timers == [(1.0, scaler.maybe_scale)]
+    assert w.consumer.on_task_message == {scaler.maybe_scale}
+
+
+def test_autoscale_celery_calls_on_task_received_without_event_loop() -> None:
+    """gevent: WorkerComponent.start hooks on_task_received to every task message."""
+    import celery.worker.strategy
+    from celery.worker.autoscale import WorkerComponent
+
+    scaler = SimpleNamespace(on_task_received=lambda req: None)
+    consumer = SimpleNamespace(on_task_message=set())
+    w: Any = SimpleNamespace(autoscale=True, use_eventloop=False, consumer=consumer)
+    step = WorkerComponent(w)
+    w.autoscaler = scaler
+    step.start(w)
+    assert w.consumer.on_task_message == {scaler.on_task_received}
+    # The task strategy calls consumer.on_task_message's callbacks with each new request.
+    source = inspect.getsource(celery.worker.strategy.default)
+    assert "[callback(req) for callback in callbacks]" in source
+
+
+def test_autoscale_worker_state_counters() -> None:
+    """The counters the autoscaler reads from celery.worker.state."""
+    from celery.worker import state
+
+    assert len(state.active_requests) >= 0 and len(state.reserved_requests) >= 0
+    assert isinstance(state.total_count, Counter)
