@@ -1,4 +1,9 @@
-"""TaskPool: a Celery app whose tasks declare their pool, retries and (soon) limits."""
+"""TaskPool: a Celery app whose tasks declare their pool, retries, limits and batching.
+
+A client imports this module to send tasks, so it names the worker's pieces (bootsteps, the
+task strategy, the autoscaler) by dotted path, as Celery's own configuration does; they are
+imported in the worker only.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.utils.imports import symbol_by_name
 
 from taskpool.client.routing import Router, pool_of_worker, queues
 from taskpool.client.task import TaskpoolTask, make_run
@@ -26,9 +32,21 @@ from taskpool.core.settings import (
     load_config_module,
 )
 from taskpool.stores.dead_letters import DeadLetterStore
-from taskpool.worker.tuning import GreenCreditStep, tune_worker
 
 logger = logging.getLogger("taskpool")
+
+#: The task strategy of tasks with limits, GPU slots or batch (Celery's task attribute ``Strategy``).
+STRATEGY = "taskpool.worker.strategy:strategy"
+#: Bootsteps of the worker's consumer, and of the worker, by dotted path (Celery's blueprint
+#: resolves them with ``symbol_by_name`` when a worker builds it).
+CONSUMER_STEPS = (
+    "taskpool.worker.admission:AdmissionStep",  # creates and owns the admission gate
+    "taskpool.worker.batching:BatchingStep",  # owns the batchers
+    "taskpool.worker.malformed:MessageGuard",  # a malformed message is a dead letter, not a crash
+    "taskpool.worker.tuning:GreenCreditStep",  # gevent: a full prefetch window never stalls
+    "taskpool.worker.stats:StatsStep",  # `taskpool` in inspect stats (Flower's worker page)
+)
+WORKER_STEPS = ("taskpool.worker.metrics:MetricsStep",)  # /metrics when TASKPOOL_METRICS_PORT is set
 
 
 class TaskPool(Celery):
@@ -92,18 +110,8 @@ class TaskPool(Celery):
         #: The taskpool pool this process serves as a worker (None outside workers).
         self.worker_pool: str | None = None
         self._redis: tuple[int, redis.Redis] | None = None
-        from taskpool.worker.admission import AdmissionStep
-
-        self.steps["consumer"].add(AdmissionStep)
-        from taskpool.worker.malformed import MessageGuard
-
-        self.steps["consumer"].add(MessageGuard)  # a malformed message is a dead letter, not a crash
-        from taskpool.worker.metrics import MetricsStep
-        from taskpool.worker.stats import StatsStep
-
-        self.steps["consumer"].add(GreenCreditStep)  # gevent: a full prefetch window never stalls
-        self.steps["consumer"].add(StatsStep)  # `taskpool` in inspect stats (Flower's worker page)
-        self.steps["worker"].add(MetricsStep)  # /metrics when TASKPOOL_METRICS_PORT is set
+        self.steps["consumer"].update(CONSUMER_STEPS)
+        self.steps["worker"].update(WORKER_STEPS)
         signals.celeryd_init.connect(self._on_celeryd_init, weak=False)
         signals.worker_init.connect(self._on_worker_init, weak=False)
 
@@ -155,17 +163,15 @@ class TaskPool(Celery):
                         f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} "
                         "cannot be combined with batch"
                     )
-                # Requests of this task are collected into batches in the worker's main process
-                # (and pass the admission gate per batch when it has limits).
-                celery_opts["Strategy"] = "taskpool.worker.batching:strategy"
-            elif record.has_limits:
-                if celery_opts.get("rate_limit"):
-                    raise ConfigurationError(
-                        f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} cannot be combined with "
-                        "max_in_flight, cluster_max_in_flight, limits or gpu_slots yet"
-                    )
-                # Requests of this task pass the admission gate in the worker's main process.
-                celery_opts["Strategy"] = "taskpool.worker.admission:strategy"
+            elif record.has_limits and celery_opts.get("rate_limit"):
+                raise ConfigurationError(
+                    f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} cannot be combined with "
+                    "max_in_flight, cluster_max_in_flight, limits or gpu_slots yet"
+                )
+            if record.batch is not None or record.has_limits:
+                # In the worker's main process, requests of this task are collected into batches
+                # and/or pass the admission gate (a batch passes it once) before the pool.
+                celery_opts["Strategy"] = STRATEGY
             return super(TaskPool, self).task(
                 bind=True,
                 name=name,
@@ -228,10 +234,9 @@ class TaskPool(Celery):
                 wanted.append(self.settings.queue_for(pool, gpu=True))
             selected.select(wanted)
         signals.worker_ready.connect(self._on_worker_ready, weak=False)
-        from taskpool.worker.autoscale import configure_worker
-
-        configure_worker(self, sender)
-        tune_worker(self, sender, pool)  # prefetch, result backend, broker connections per pool
+        symbol_by_name("taskpool.worker.autoscale:configure_worker")(self, sender)
+        # prefetch, result backend, broker connections per pool
+        symbol_by_name("taskpool.worker.tuning:tune_worker")(self, sender, pool)
 
     def _serves_gpu_tasks(self, pool: str) -> bool:
         """Whether this worker takes ``pool``'s GPU tasks: only where the host has GPU slots."""
@@ -268,6 +273,5 @@ class TaskPool(Celery):
         See :mod:`taskpool.autoscale`. Raises ``ConfigurationError`` for an unknown pool or a
         second modifier of the same pool.
         """
-        from taskpool.worker.autoscale import register_modifier
-
+        register_modifier = symbol_by_name("taskpool.worker.autoscale:register_modifier")
         return register_modifier(self.concurrency_modifiers, fun, pool=pool or self.settings.default_pool)

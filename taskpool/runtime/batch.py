@@ -1,5 +1,5 @@
 """A batched task inside its pool process: one call of the function for many inputs, then each
-input traced with its own outcome (see :mod:`taskpool.worker.batching` for the main process)."""
+input traced with its own outcome (see :mod:`taskpool.worker.batcher` for the main process)."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ def release_in_pool(app: Any, leases: list[Any] | None) -> None:
     The next waiter then starts without waiting for the result to be stored, reported to the
     main process and acknowledged (a prefork hand-off costs several milliseconds). The main
     process still releases the leases when it hears of the end (a no-op by then), and alone
-    when the pool process died. ``leases``: ``[[semaphore, capacity, token], ...]`` from the
-    request (:meth:`Gate._try`).
+    when the pool process died. ``leases``: ``[[semaphore, capacity, token], ...]``, what the
+    admission gate put in the request under :data:`taskpool.core.names.LEASES_KEY`.
     """
     if not leases:
         return

@@ -16,6 +16,8 @@ from typing import Any
 from celery import bootsteps
 from celery.worker import state as worker_state
 
+from taskpool.worker.state import gate_of
+
 
 def _concurrency(consumer: Any) -> int | None:
     pool = getattr(consumer, "pool", None)
@@ -69,7 +71,7 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
         snapshot.update({k: info.get(k) for k in ("min", "max", "target")})
         if snapshot["target"] is None:  # Celery's own autoscaler has no target
             snapshot["target"] = info.get("qty")
-    gate = getattr(consumer, "taskpool_gate", None)  # set by taskpool.admission on first use
+    gate = gate_of(consumer)  # None on a worker whose app has no task with limits
     if gate is not None:
         info = gate.info()
         held: Counter[str] = Counter()

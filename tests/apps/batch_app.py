@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from taskpool import TaskPool, current_gpus
-from taskpool.core.options import Batch
+from taskpool.core.batch import Batch
 from taskpool.core.settings import Settings
 
 app = TaskPool(

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from celery.exceptions import TaskRevokedError
 
+from taskpool.core.batch import Batch
 from taskpool.core.errors import BatchError, ConfigurationError
-from taskpool.core.options import Batch
 from tests.conftest import Worker, wait_for
 
 

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import redis
 
 from tests.conftest import ROOT
@@ -132,7 +131,6 @@ def run_client(redis_url: str, code: str = CLIENT) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xfail(strict=True, reason="client imports worker modules; fixed by the steps split")
 def test_a_client_that_declares_and_sends_imports_nothing_of_the_worker(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:

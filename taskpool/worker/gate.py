@@ -1,0 +1,400 @@
+"""The admission gate: a request enters the pool only when its limits are granted.
+
+Like Celery's own ``rate_limit``, the worker's main process holds a request that must wait
+and hands it to the pool when its slots are granted, so a waiting request never sits in a
+pool slot and other tasks on the worker keep running. The main process owns the leases,
+renews them on one thread (:class:`~taskpool.stores.semaphores.LeaseKeeper`) and releases them
+when the request ends: success, failure, retry, revoke, or a killed child (``WorkerLostError``).
+
+How it plugs into Celery (public hooks only): the task strategy
+(:mod:`taskpool.worker.strategy`) builds Celery's default strategy over :meth:`Gate.view`, a
+view of the consumer whose ``on_task_request`` / ``apply_eta_task`` go through the gate and
+whose ``pool.apply_async`` wraps the completion callbacks to release the leases first. The
+consumer bootstep :class:`~taskpool.worker.admission.AdmissionStep` creates the gate and
+carries it across connection losses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery.worker.state import task_reserved
+
+from taskpool.core.errors import ConfigurationError
+from taskpool.core.limits import Need
+from taskpool.core.options import TaskOptions
+from taskpool.stores.semaphores import Lease
+from taskpool.worker import state
+from taskpool.worker.holdings import Holdings, granted
+
+logger = logging.getLogger("taskpool.admission")
+
+
+class View:
+    """A consumer (or pool) with some attributes replaced; everything else is the original's."""
+
+    def __init__(self, target: Any, **overrides: Any) -> None:
+        self._target = target
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+class _Waiting:
+    __slots__ = ("needs", "request", "since")
+
+    def __init__(self, request: Any, needs: list[Need]) -> None:
+        self.request = request
+        self.needs = needs
+        self.since = time.monotonic()
+
+
+class Gate:
+    """Admission for one worker process (its consumer).
+
+    Args:
+        app: the TaskPool app.
+        consumer: Celery's consumer of this worker.
+        client: Redis client (shared, thread-safe pool).
+        ttl: lease length, seconds; renewed every ttl/3.
+        on_refused: ``(request, exc)``, ends a request that can never be admitted (its task
+            needs a limit with no size, or more GPU slots than the host has).
+
+    Building it starts nothing; :meth:`start` (the consumer's, on its event loop's thread)
+    starts the lease keeper and the waiter thread, :meth:`close` stops them.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        consumer: Any,
+        client: redis.Redis,
+        ttl: float,
+        *,
+        on_refused: Callable[[Any, ConfigurationError], None],
+    ) -> None:
+        self.app = app
+        self.on_refused = on_refused
+        self.consumer = consumer
+        self.client = client
+        self.ttl = ttl
+        self.owner = f"{consumer.hostname}:{os.getpid()}"
+        self.holdings = Holdings(
+            client, app.settings.keyspace, ttl, node=consumer.hostname, owner=self.owner, on_lost=self._lost
+        )
+        self._waiting: deque[_Waiting] = deque()
+        # Granted by the waiter thread, handed to the event loop, not yet dispatched.
+        self._handing: dict[str, Any] = {}
+        self._round = threading.Lock()  # one admission round at a time (waiter thread or event loop)
+        self._admit_pending = False  # an admission round is scheduled on the event loop
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._hub = getattr(consumer, "hub", None)
+        self._loop_thread: int | None = None  # the consumer's event loop's thread, set by start()
+        self._held_extra = 0  # prefetch slots lent to waiting requests
+        self.max_waiting_extra = 16  # up to max(16, 4 x pool size), once the pool has started
+        self.stats = {"admitted": 0, "waited": 0, "released": 0, "failed_admission": 0, "lost_leases": 0}
+        self._waiter: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start renewing and waiting, on the consumer's thread (again at each reconnect: a no-op)."""
+        self._loop_thread = threading.get_ident()
+        processes = getattr(self.consumer.pool, "num_processes", 1)  # a started pool's size
+        self.max_waiting_extra = max(16, 4 * int(processes or 1))
+        if self._waiter is None:
+            self.holdings.start()
+            self._waiter = threading.Thread(target=self._wait_loop, name="taskpool-admission", daemon=True)
+            self._waiter.start()
+
+    # -- Celery glue -------------------------------------------------------------------
+    def view(self) -> View:
+        """The consumer as the strategy should see it."""
+        c = self.consumer
+        pool = View(c.pool, apply_async=self._pool_apply_async(c.pool.apply_async))
+        return View(c, on_task_request=self.admit, apply_eta_task=self._apply_eta_task, pool=pool)
+
+    def _apply_eta_task(self, request: Any) -> None:
+        task_reserved(request)
+        self.admit(request)
+        self.consumer.qos.decrement_eventually()
+
+    def _pool_apply_async(self, apply_async: Any) -> Any:
+        def wrapped(target: Any, *, callback: Any = None, error_callback: Any = None, **kwargs: Any) -> Any:
+            # Celery passes the request's own bound methods (on_success, on_failure) as callbacks.
+            request = getattr(callback, "__self__", None) or getattr(error_callback, "__self__", None)
+            key = state.held_key(request) or self._key_of_task(kwargs.get("correlation_id"))
+
+            def release_then(handler: Any) -> Any:
+                def run(*a: Any, **kw: Any) -> Any:
+                    self.release(key, admit=False)
+                    try:
+                        return handler(*a, **kw) if handler is not None else None
+                    finally:
+                        self._admit_after_release()
+
+                return run
+
+            return apply_async(
+                target, callback=release_then(callback), error_callback=release_then(error_callback), **kwargs
+            )
+
+        return wrapped
+
+    # -- admission ---------------------------------------------------------------------
+    def admit(self, request: Any) -> None:
+        """Dispatch ``request`` now if its slots are free, else hold it until they are."""
+        options: TaskOptions | None = getattr(request.task, "taskpool", None)
+        if options is None:
+            self.consumer.on_task_request(request)
+            return
+        try:
+            needs = self.holdings.needs(options)
+        except ConfigurationError as exc:
+            self._refuse(request, exc)
+            return
+        with self._lock:
+            blocked = any(w for w in self._waiting if {n.name for n in w.needs} & {n.name for n in needs})
+        if not blocked and self._try(request, needs):
+            self._dispatch(request)
+            return
+        with self._lock:
+            self._waiting.append(_Waiting(request, needs))
+            if self._held_extra < self.max_waiting_extra:
+                # Let the worker fetch other work while this one waits (like an ETA task).
+                self._held_extra += 1
+                state.set_prefetch_lent(request, True)
+                self.consumer.qos.increment_eventually()
+        self.stats["waited"] += 1
+        self._wake.set()
+
+    def _try(self, request: Any, needs: list[Need]) -> bool:
+        """Take every need of ``request`` or none; what was granted travels with it to the pool."""
+        held = self.holdings.take(state.admission_key(request), request.id, needs)
+        if held is None:
+            return False
+        # The GPUs it may use, and the leases the pool process frees as soon as the function returns.
+        leases, gpus = granted(needs, held)
+        state.set_granted(request, leases, gpus)
+        return True
+
+    def _key_of_task(self, task_id: str | None) -> str | None:
+        """The admission key of the one held delivery of ``task_id`` (``None`` if not just one)."""
+        if task_id is None:
+            return None
+        keys = [k for k in self.holdings.delivery_keys() if state.task_id_of_key(k) == task_id]
+        return keys[0] if len(keys) == 1 else None
+
+    def _dispatch(self, request: Any) -> None:
+        self.stats["admitted"] += 1
+        if state.prefetch_lent(request):
+            state.set_prefetch_lent(request, False)
+            with self._lock:
+                self._held_extra -= 1
+            self.consumer.qos.decrement_eventually()
+        if request.revoked():
+            self.release(state.admission_key(request))
+            return
+        try:
+            self.consumer.on_task_request(request)
+        except Exception:
+            self.release(state.admission_key(request))
+            raise
+
+    def _dispatch_handed(self, key: str) -> None:
+        """Dispatch a request the waiter thread granted, unless a connection loss dropped it."""
+        with self._lock:
+            request = self._handing.pop(key, None)
+        if request is not None:
+            self._dispatch(request)
+
+    def _refuse(self, request: Any, exc: ConfigurationError) -> None:
+        """A request that can never be admitted fails now (a batch: each input on its own)."""
+        batch = getattr(request, "members", None)
+        if batch is not None:
+            for member in batch:
+                self._refuse(member, exc)
+                request.batcher.done(member)
+            return
+        self.stats["failed_admission"] += 1
+        logger.error("taskpool: %s[%s] refused: %s", request.name, request.id, exc)
+        self.on_refused(request, exc)
+
+    def release(self, key: str | None, *, admit: bool = True) -> None:
+        """Give back the leases of one admitted delivery (its :func:`~taskpool.worker.state.admission_key`).
+
+        With ``admit``, waiters are then admitted on the event loop's next turn.
+        """
+        if key is None or not self.holdings.give_back(key):
+            return
+        self.stats["released"] += 1
+        if admit:
+            self._admit_soon()
+
+    def _admit_after_release(self) -> None:
+        """After a request's completion callback: admit waiters now if on the event loop."""
+        if self._hub is not None and threading.get_ident() == self._loop_thread:
+            self._admit_on_loop()  # the freed slot goes to the next waiter without a thread hop
+        else:
+            self._admit_soon()  # e.g. a threads pool runs callbacks on its own threads
+
+    # -- admitting waiters ---------------------------------------------------------------
+    def _admit_soon(self) -> None:
+        """After a local release, admit waiters on the event loop's next turn.
+
+        The slot is free now, in this process: taking it from the event loop saves the waiter
+        thread's wake-up (BLPOP), its hand-back (``call_soon``) and two GIL switches per
+        hand-off. The waiter thread remains for slots freed elsewhere (other workers, expiries).
+        """
+        if self._hub is None or not self._waiting:
+            return
+        with self._lock:
+            if self._admit_pending:
+                return
+            self._admit_pending = True
+        self._hub.call_soon(self._admit_on_loop)
+
+    def _admit_on_loop(self) -> None:
+        with self._lock:
+            self._admit_pending = False
+            if not self._waiting:
+                return
+        try:
+            self._admit_round(on_loop=True)
+        except redis.RedisError:
+            logger.warning(
+                "taskpool: admission could not reach Redis; the waiter thread retries", exc_info=True
+            )
+            self._wake.set()
+        except Exception:  # runs inside pool callbacks: never let it take the event loop down
+            logger.exception("taskpool: admission round failed")
+
+    def _admit_round(self, *, on_loop: bool) -> bool | None:
+        """Try the waiting requests in arrival order; ``True`` if any was admitted.
+
+        One round at a time (the waiter thread or the event loop): on the loop, a round already
+        running elsewhere is left to finish (``None``). A request whose semaphores an earlier
+        waiter wants is skipped this round: first come, first served.
+        """
+        if not self._round.acquire(blocking=not on_loop):
+            return None
+        try:
+            with self._lock:
+                waiting = list(self._waiting)
+            granted = False
+            taken: set[str] = set()
+            for w in waiting:
+                names = {n.name for n in w.needs}
+                if names & taken:
+                    continue
+                if not self._try(w.request, w.needs):
+                    taken |= names
+                    continue
+                key = state.admission_key(w.request)
+                with self._lock:
+                    dropped = w not in self._waiting  # a connection loss dropped it meanwhile
+                    if not dropped:
+                        self._waiting.remove(w)
+                        if not on_loop:
+                            self._handing[key] = w.request
+                if dropped:
+                    self.release(key)
+                elif on_loop:
+                    self._dispatch(w.request)
+                    granted = True
+                else:
+                    self._hand_back(key)
+                    granted = True
+            return granted
+        finally:
+            self._round.release()
+
+    # -- the waiter thread -------------------------------------------------------------
+    def _wait_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                waiting = list(self._waiting)
+            if not waiting:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            if self._hub is not None:
+                # The event loop admits (one thread takes the slots and dispatches, no hand-off);
+                # this thread only turns wake-ups from elsewhere into admission rounds.
+                self._admit_soon()
+            else:
+                try:
+                    if self._admit_round(on_loop=False):
+                        continue
+                except redis.RedisError:
+                    logger.exception("taskpool: admission could not reach Redis; retrying")
+                    time.sleep(0.5)
+                    continue
+            wake_keys = self.holdings.wake_keys([n for w in waiting for n in w.needs])
+            try:
+                self.client.blpop(wake_keys, timeout=0.5)
+            except redis.RedisError:
+                time.sleep(0.5)
+
+    def _hand_back(self, key: str) -> None:
+        """Run the dispatch on the consumer's own thread (its event loop), where Celery expects it."""
+        if self._hub is not None:
+            self._hub.call_soon(self._dispatch_handed, key)
+        else:
+            self._dispatch_handed(key)
+
+    # -- connection loss -----------------------------------------------------------------
+    def connection_lost(self) -> list[Any]:
+        """Forget every request not yet dispatched, and return them.
+
+        Their messages were delivered on the channel that just closed: they can no longer be
+        acked there, and Celery itself drops its reserved requests at this point (``on_close``).
+        They never ran, so their leases (if any were granted) are given back now; the caller
+        puts their messages back on the queue at reconnect. Requests already in the pool keep
+        their leases until they finish, so the limits hold across the reconnect.
+        """
+        with self._lock:
+            dropped = [w.request for w in self._waiting] + list(self._handing.values())
+            self._waiting.clear()
+            self._handing.clear()
+            self._held_extra = 0  # lent on the old channel's QoS; the new connection has its own
+        for request in dropped:
+            self.release(state.admission_key(request))
+        if dropped:
+            self.stats["dropped_at_reconnect"] = self.stats.get("dropped_at_reconnect", 0) + len(dropped)
+        return dropped
+
+    def waiting_count(self) -> int:
+        """How many requests wait in the gate for their limits or GPU slots (autoscaler input)."""
+        with self._lock:
+            return len(self._waiting)
+
+    def _lost(self, lease: Lease, exc: Exception) -> None:  # the holdings' on_lost
+        self.stats["lost_leases"] += 1
+        logger.error("taskpool: task %s lost its lease on %s: %s", lease.task_id, lease.semaphore, exc)
+
+    # -- status and shutdown ------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        held = {
+            state.task_id_of_key(key): [(s.name, list(lease.slots), lease.fence) for s, lease in v]
+            for key, v in self.holdings.held().items()
+        }
+        with self._lock:
+            waiting = [(w.request.id, w.request.name, [n.name for n in w.needs]) for w in self._waiting]
+        return {"owner": self.owner, "held": held, "waiting": waiting, **self.stats}
+
+    def close(self) -> None:
+        """Stop waiting and renewing; give back every slot this worker still holds."""
+        self._stopping.set()
+        self._wake.set()
+        self.holdings.stop()
+        for key in self.holdings.delivery_keys():
+            self.release(key)
