@@ -62,8 +62,8 @@ from celery.utils import uuid
 from kombu.exceptions import BatchPublishError
 from vine import promise
 
-from taskpool.client.routing import redis_queue_keys
 from taskpool.core.errors import ConfigurationError, QueueFull
+from taskpool.core.names import PRIORITY_STEPS, queue_keyprefix, queue_keys
 
 if TYPE_CHECKING:
     from taskpool.client.app import TaskPool
@@ -383,12 +383,12 @@ def _check_queue(task: TaskpoolTask, queues: dict[str, Any], count: int) -> None
     if limit <= 0:
         return
     names = sorted(queues)
-    prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix") or "")
-    steps = len(redis_queue_keys(""))
+    keyprefix = queue_keyprefix(app.conf.broker_transport_options)
+    steps = len(PRIORITY_STEPS)
     with app.redis.pipeline(transaction=False) as pipe:
         for name in names:
-            for key in redis_queue_keys(name):
-                pipe.llen(prefix + key)
+            for key in queue_keys(name, keyprefix):
+                pipe.llen(key)
         lengths = pipe.execute()
     for i, name in enumerate(names):
         length = sum(int(n) for n in lengths[i * steps : (i + 1) * steps])

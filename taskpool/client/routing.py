@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kombu import Exchange, Queue
 
 from taskpool.core.errors import ConfigurationError
+from taskpool.core.names import queue_keys
 from taskpool.core.settings import POOLS, Settings
 
 if TYPE_CHECKING:
@@ -42,9 +43,8 @@ def queues(settings: Settings) -> tuple[Queue, ...]:
     return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names)
 
 
-def redis_queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue in: one per priority step ("<queue>\\x06\\x16<step>")."""
-    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in (0, 3, 6, 9)]
+#: The Redis lists kombu keeps a queue in (the name this module gave :func:`queue_keys` before).
+redis_queue_keys = queue_keys
 
 
 def pool_of_worker(pool_cls: Any) -> str:

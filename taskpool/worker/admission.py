@@ -29,6 +29,7 @@ from celery.worker.state import task_reserved
 from taskpool.compat.kombu import close_task_channel, restore_messages
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.limits import Need, gpu_count, needs_of
+from taskpool.core.names import GPU, kind_of
 from taskpool.core.options import TaskOptions
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.semaphores import Lease, LeaseKeeper, Semaphore
@@ -218,7 +219,7 @@ class Gate:
             got.append((sem, lease))
         for sem, lease in got:
             self.keeper.add(sem, lease)
-        gpus = [slot for sem, lease in got if sem.name.startswith("gpu:") for slot in lease.slots]
+        gpus = [slot for sem, lease in got if kind_of(sem.name)[0] == GPU for slot in lease.slots]
         if gpus:
             # Travels with the request to the pool child: task.request.taskpool_gpus.
             request.request_dict["taskpool_gpus"] = gpus

@@ -39,6 +39,7 @@ import redis
 from celery import bootsteps
 
 from taskpool.core.errors import MalformedMessage
+from taskpool.core.names import queue_of_key
 from taskpool.stores.dead_letters import DeadLetter, now
 
 logger = logging.getLogger("taskpool.malformed")
@@ -211,7 +212,7 @@ class MessageGuard(bootsteps.StartStopStep):
                 if not reply:
                     raise  # not about an entry it read: Celery decides, as before
                 queue, item = reply
-                self.refuse_entry(as_text(queue).rsplit("\x06\x16", 1)[0], item, exc)
+                self.refuse_entry(queue_of_key(as_text(queue)), item, exc)
                 forget_delivery(channel, item)
                 return True
 
