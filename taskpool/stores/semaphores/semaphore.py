@@ -20,8 +20,8 @@ from typing import Any
 
 import redis
 
-from taskpool.core import names
 from taskpool.core.errors import ConfigurationError, LeaseLost, SlotTimeout
+from taskpool.core.names import SEMAPHORE_PARTS, semaphore_key, semaphore_key_glob, semaphore_of_key
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SemaphoreKeys:
 
     @classmethod
     def for_name(cls, name: str, keyspace: str = "taskpool") -> SemaphoreKeys:
-        return cls(*(names.semaphore_key(name, part, keyspace) for part in names.SEMAPHORE_PARTS))
+        return cls(*(semaphore_key(name, part, keyspace) for part in SEMAPHORE_PARTS))
 
     def as_list(self) -> list[str]:
         """In the order the scripts expect them as KEYS."""
@@ -65,8 +65,8 @@ class SemaphoreKeys:
 def semaphore_names(client: redis.Redis, keyspace: str = "taskpool", pattern: str = "*") -> list[str]:
     """Names of the semaphores that have (or had) holders, matching the glob ``pattern``."""
     found = set()
-    for key in client.scan_iter(match=names.semaphore_key_glob(keyspace, pattern), count=500):
-        name = names.semaphore_of_key(_text(key), keyspace)
+    for key in client.scan_iter(match=semaphore_key_glob(keyspace, pattern), count=500):
+        name = semaphore_of_key(_text(key), keyspace)
         if name is not None:
             found.add(name)
     return sorted(found)
