@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.procs import stop  # noqa: E402
+from bench.procs import start, stop  # noqa: E402
+from taskpool.ops.launcher import Child  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "batching.json"
 CONCURRENCY = 2
@@ -52,7 +52,7 @@ def load_app(kind: str, broker: str) -> Any:
     return module
 
 
-def start_worker(kind: str, broker: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(kind: str, broker: str, log: Path) -> Child:
     env = dict(os.environ, BENCH_KIND=kind, BENCH_BROKER_URL=broker, TASKPOOL_BROKER_URL=broker)
     env["PYTHONPATH"] = str(ROOT)
     argv = [
@@ -62,11 +62,7 @@ def start_worker(kind: str, broker: str, log: Path) -> subprocess.Popen[bytes]:
     ]  # fmt: skip
     if kind == "plain":
         argv += ["-Q", "bench.batch.plain"]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    return start(argv, env=env, log=log, broker_url=broker)
 
 
 def run_items(task: Any, data: list[int], timeout: float) -> float:

@@ -1,22 +1,25 @@
-"""Process helpers the benches share."""
+"""Process helpers the benches share: taskpool's own launcher (``taskpool.ops.launcher``)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from taskpool.ops.launcher import Child, launch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM (a worker's warm shutdown), SIGKILL after ``timeout``; then SIGKILL what is left
-    of its process group (a worker started with ``start_new_session``: its pool children)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def start(argv: Sequence[str], *, env: Mapping[str, str], log: Path, broker_url: str | None = None) -> Child:
+    """``argv`` in its own session, from the repository's root, output appended to ``log``;
+    ``broker_url`` defaults to ``env``'s ``TASKPOOL_BROKER_URL``."""
+    url = broker_url if broker_url is not None else env["TASKPOOL_BROKER_URL"]
+    return launch(argv, broker_url=url, env=env, cwd=ROOT, output=log)
+
+
+def stop(proc: Child | subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM (a worker's warm shutdown), SIGKILL of its process group after ``timeout``; then
+    SIGKILL what is left of the group (a worker's pool children)."""
+    (proc if isinstance(proc, Child) else Child(proc)).stop(timeout)

@@ -20,13 +20,15 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskpool.ops.launcher import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
@@ -111,14 +113,12 @@ class Worker:
         if queue:
             self.argv += ["-Q", queue]
         self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Child | None = None
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        from bench.procs import start
+
+        self.process = start(self.argv, env=self.env, log=self.log)
 
     def wait_ready(self, app: Any, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ Every fixture here is lazy: a session starts redis-server only when a test asks 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
+
+from taskpool.ops.launcher import Child, Output, launch
 
 if TYPE_CHECKING:
     from taskpool.ops.embedded import RedisServer
@@ -99,12 +100,18 @@ class Worker:
         full_env.update(env or {})
         self.cmd = cmd
         self.env = full_env
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Child | None = None
+
+    def launch(self, output: Output = "inherit") -> Worker:
+        """Start the process, without waiting for it to be ready."""
+        self.process = launch(
+            self.cmd, broker_url=self.env["TASKPOOL_BROKER_URL"], env=self.env, cwd=ROOT, output=output
+        )
+        return self
 
     def start(self, app: object, timeout: float = 30.0) -> Worker:
-        self.process = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        """Start the process and wait until it answers ``ping``."""
+        self.launch()
 
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
@@ -126,19 +133,14 @@ class Worker:
     def kill_all(self) -> None:
         """SIGKILL the worker and its pool children at once, as a crashed machine would."""
         if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.kill()
             self.process.wait()
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown (running tasks finish); SIGKILL of its process group after ``timeout``."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            proc.stop(timeout)
 
 
 @pytest.fixture(scope="session")

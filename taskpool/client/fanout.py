@@ -62,9 +62,10 @@ from celery.utils import uuid
 from kombu.exceptions import BatchPublishError
 from vine import promise
 
-from taskpool.client.routing import redis_queue_keys
 from taskpool.compat.celery import drain_results_until, subscribe_results
 from taskpool.core.errors import ConfigurationError, QueueFull
+from taskpool.core.names import queue_keyprefix
+from taskpool.stores.queues import queue_depths
 
 if TYPE_CHECKING:
     from taskpool.client.app import TaskPool
@@ -384,15 +385,9 @@ def _check_queue(task: TaskpoolTask, queues: dict[str, Any], count: int) -> None
     if limit <= 0:
         return
     names = sorted(queues)
-    prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix") or "")
-    steps = len(redis_queue_keys(""))
-    with app.redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            for key in redis_queue_keys(name):
-                pipe.llen(prefix + key)
-        lengths = pipe.execute()
-    for i, name in enumerate(names):
-        length = sum(int(n) for n in lengths[i * steps : (i + 1) * steps])
+    depths = queue_depths(app.redis, names, keyprefix=queue_keyprefix(app.conf.broker_transport_options))
+    for name in names:
+        length = depths[name]
         if length >= limit:
             raise QueueFull(
                 f"task {task.name!r}: queue {name!r} holds {length} message(s), at or above "

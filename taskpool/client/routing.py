@@ -42,11 +42,6 @@ def queues(settings: Settings) -> tuple[Queue, ...]:
     return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names)
 
 
-def redis_queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue in: one per priority step ("<queue>\\x06\\x16<step>")."""
-    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in (0, 3, 6, 9)]
-
-
 def pool_of_worker(pool_cls: Any) -> str:
     """The taskpool pool a worker with this Celery pool (alias or class) serves."""
     if isinstance(pool_cls, str):

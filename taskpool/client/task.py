@@ -14,6 +14,7 @@ from celery import _state as celery_state
 from celery.exceptions import Ignore, Reject, Retry
 
 from taskpool.compat.celery import repoint_current_task
+from taskpool.core import names
 from taskpool.core.backoff import Backoff
 from taskpool.core.errors import BatchError
 from taskpool.core.options import TaskOptions
@@ -207,13 +208,13 @@ def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Calla
                     request.taskpool_gpus = gpus
                     return call(task, args, kwargs)
             if gpu:
-                use_leased_device(getattr(request, "taskpool_gpus", None) or [])
+                use_leased_device(getattr(request, names.GPUS_KEY, None) or [])
             try:
                 return call(task, args, kwargs)
             finally:
                 from taskpool.runtime.leases import release_in_pool
 
-                release_in_pool(task.app, getattr(request, "taskpool_leases", None))
+                release_in_pool(task.app, getattr(request, names.LEASES_KEY, None))
         except _CONTROL_FLOW:
             raise
         except Exception as exc:  # KeyboardInterrupt, SystemExit, GreenletExit: not task failures

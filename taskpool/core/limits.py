@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskpool.core import names
 from taskpool.core.checks import is_int, option_error
 from taskpool.core.errors import ConfigurationError
+from taskpool.core.names import expand_limit_name as expand_limit_name
+from taskpool.core.names import machine_name as machine_name
+from taskpool.core.settings import configured_gpus
 
 if TYPE_CHECKING:
     from taskpool.core.options import TaskOptions
@@ -26,7 +28,7 @@ class Need:
     name: str
     capacity: int
     count: int
-    kind: str  # "max_in_flight", "cluster_max_in_flight", "limit" or "gpu"
+    kind: str  # one of taskpool.core.names.KINDS: the kind of semaphore ``name`` is
 
 
 #: The largest size a named limit may have. The acquire script scans slot indices up to the
@@ -72,21 +74,11 @@ def parse_stored_size(name: str, raw: bytes | str) -> int:
     return size
 
 
-def machine_name() -> str:
-    return socket.gethostname()
-
-
 def gpu_count() -> int:
     """GPU slots of this host: ``TASKPOOL_GPUS``, else ``torch.cuda.device_count()``, else 0."""
-    configured = os.environ.get("TASKPOOL_GPUS")
-    if configured not in (None, ""):
-        try:
-            value = int(configured)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise ConfigurationError(f"TASKPOOL_GPUS={configured!r}: expected an integer >= 0")
-        return value
+    configured = configured_gpus()
+    if configured is not None:
+        return configured
     try:
         import torch
     except ImportError:
@@ -110,9 +102,11 @@ def needs_of(
     task = options.task
     needs: list[Need] = []
     if options.max_in_flight:
-        needs.append(Need(f"node:{node}:task:{task}", options.max_in_flight, 1, "max_in_flight"))
+        needs.append(Need(names.node_semaphore(node, task), options.max_in_flight, 1, names.MAX_IN_FLIGHT))
     if options.cluster_max_in_flight:
-        needs.append(Need(f"task:{task}", options.cluster_max_in_flight, 1, "cluster_max_in_flight"))
+        needs.append(
+            Need(names.task_semaphore(task), options.cluster_max_in_flight, 1, names.CLUSTER_MAX_IN_FLIGHT)
+        )
     for raw_name, count in sorted(options.limits.items()):
         name = expand_limit_name(raw_name)
         size = limit_sizes.get(name)
@@ -126,20 +120,15 @@ def needs_of(
                 f"task {task!r}: limits={{{raw_name!r}: {count}}} needs more slots than limit {name!r} "
                 f"has ({size}); it could never run"
             )
-        needs.append(Need(f"limit:{name}", size, count, "limit"))
+        needs.append(Need(names.limit_semaphore(name), size, count, names.LIMIT))
     if options.gpu_slots:
         if options.gpu_slots > gpus:
             raise ConfigurationError(
                 f"task {task!r}: gpu_slots={options.gpu_slots} but this host has {gpus} GPU slot(s) "
                 "(set TASKPOOL_GPUS on a CPU machine)"
             )
-        needs.append(Need(f"gpu:{machine_name()}", gpus, options.gpu_slots, "gpu"))
+        needs.append(Need(names.gpu_semaphore(machine_name()), gpus, options.gpu_slots, names.GPU))
     return needs
-
-
-def expand_limit_name(name: str) -> str:
-    """``{hostname}`` in a limit's name stands for this machine (per-machine limits)."""
-    return name.replace("{hostname}", machine_name())
 
 
 def validate(task: str, o: dict[str, Any], *, pool: str, visibility_timeout: float) -> dict[str, Any]:

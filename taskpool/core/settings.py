@@ -216,6 +216,83 @@ _ENV_ALIASES = {"CONFIG": "config_module"}
 _CELERY_OPTIONS = dict(celery_defaults.flatten(celery_defaults.NAMESPACES))
 
 
+# -- variables read outside the app's settings --------------------------------------------------
+#: The broker every process of a project uses (also :attr:`Settings.broker_url`).
+BROKER_URL_ENV = "TASKPOOL_BROKER_URL"
+#: GPU slots of this host (else the GPUs torch counts).
+GPUS_ENV = "TASKPOOL_GPUS"
+#: Port of a worker's Prometheus metrics (0 or unset: off), and the address served on.
+METRICS_PORT_ENV = "TASKPOOL_METRICS_PORT"
+METRICS_ADDRESS_ENV = "TASKPOOL_METRICS_ADDRESS"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+#: The app `taskpool` commands load when ``-A`` is not given.
+APP_ENV = "TASKPOOL_APP"
+#: The ``redis-server`` binary of the embedded Redis.
+REDIS_SERVER_ENV = "TASKPOOL_REDIS_SERVER"
+
+
+def env_broker_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``TASKPOOL_BROKER_URL`` as given (no default, no password added); None when unset or empty."""
+    env = os.environ if environ is None else environ
+    return env.get(BROKER_URL_ENV) or None
+
+
+def configured_gpus(environ: Mapping[str, str] | None = None) -> int | None:
+    """``TASKPOOL_GPUS`` as an int >= 0; None when unset or empty.
+
+    Raises:
+        ConfigurationError: it is not an integer >= 0.
+    """
+    env = os.environ if environ is None else environ
+    configured = env.get(GPUS_ENV)
+    if configured in (None, ""):
+        return None
+    try:
+        value = int(configured)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigurationError(f"TASKPOOL_GPUS={configured!r}: expected an integer >= 0")
+    return value
+
+
+def metrics_port(environ: Mapping[str, str] | None = None, default: int = 0) -> int:
+    """``TASKPOOL_METRICS_PORT`` as an int (0: metrics off); ``default`` when unset or blank.
+
+    Raises:
+        ConfigurationError: it is not a port number.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"TASKPOOL_METRICS_PORT={raw!r}: expected a port number 0-65535 (0: off)")
+    return port
+
+
+def metrics_address(environ: Mapping[str, str] | None = None) -> str:
+    """``TASKPOOL_METRICS_ADDRESS``: where a worker serves its metrics (default 127.0.0.1)."""
+    env = os.environ if environ is None else environ
+    return env.get(METRICS_ADDRESS_ENV) or DEFAULT_METRICS_ADDRESS
+
+
+def env_app_path(environ: Mapping[str, str] | None = None) -> str | None:
+    """``TASKPOOL_APP``: the app `taskpool` commands load without ``-A``; None when unset or empty."""
+    env = os.environ if environ is None else environ
+    return env.get(APP_ENV) or None
+
+
+def redis_server_binary(environ: Mapping[str, str] | None = None) -> str | None:
+    """``TASKPOOL_REDIS_SERVER``: the ``redis-server`` to run for an embedded Redis; None: look for one."""
+    env = os.environ if environ is None else environ
+    return env.get(REDIS_SERVER_ENV) or None
+
+
 def load_config_module(path: str, *, required: bool) -> Any | None:
     """Import the project's config module; None when it is absent and not required."""
     try:

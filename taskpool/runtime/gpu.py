@@ -11,6 +11,8 @@ import contextvars
 from collections.abc import Iterator
 from typing import Any
 
+from taskpool.core import names
+
 #: GPUs of the running batch (a batched task's function serves many requests at once).
 _batch_gpus: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "taskpool_batch_gpus", default=None
@@ -35,7 +37,7 @@ def current_gpus() -> list[int]:
     if batch:
         return [int(g) for g in batch]
     request = getattr(current_task, "request", None)
-    gpus = getattr(request, "taskpool_gpus", None) if request is not None else None
+    gpus = getattr(request, names.GPUS_KEY, None) if request is not None else None
     return [int(g) for g in gpus] if gpus else []
 
 

@@ -9,7 +9,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from taskpool.core.limits import expand_limit_name, gpu_count, needs_of
+from taskpool.core.limits import gpu_count, needs_of
+from taskpool.core.names import GPU, expand_limit_name, kind_of
 from taskpool.core.options import TaskOptions
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.semaphores import Lease, LeaseKeeper, Semaphore
@@ -68,7 +69,7 @@ def eager_admission(task: Any) -> Iterator[list[int]]:
                 lease = sem.acquire(owner, need.count, task_id=task.request.id)
                 held.append((sem, lease))
                 keeper.add(sem, lease)
-            yield [slot for sem, lease in held if sem.name.startswith("gpu:") for slot in lease.slots]
+            yield [slot for sem, lease in held if kind_of(sem.name)[0] == GPU for slot in lease.slots]
         finally:
             for sem, lease in reversed(held):
                 keeper.remove(lease)

@@ -13,6 +13,7 @@ from typing import Any, cast
 import redis
 
 from taskpool.core.errors import DeadLetterNotFound
+from taskpool.core.names import dead_letter_keys
 
 
 @dataclass
@@ -83,8 +84,7 @@ class DeadLetterStore:
 
     def __init__(self, client: redis.Redis, keyspace: str = "taskpool") -> None:
         self.client = client
-        self.records_key = f"{{{keyspace}:dead}}"
-        self.index_key = f"{{{keyspace}:dead}}:by_time"
+        self.records_key, self.index_key = dead_letter_keys(keyspace)
 
     def add(self, record: DeadLetter) -> str:
         pipe = self.client.pipeline(transaction=True)

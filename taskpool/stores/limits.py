@@ -8,6 +8,7 @@ import redis
 
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.limits import check_limit_name, check_limit_size, parse_stored_size
+from taskpool.core.names import limits_key
 
 
 class LimitStore:
@@ -15,7 +16,7 @@ class LimitStore:
 
     def __init__(self, client: redis.Redis, keyspace: str = "taskpool") -> None:
         self.client = client
-        self.key = f"{keyspace}:limits"
+        self.key = limits_key(keyspace)
 
     def set(self, name: str, size: int) -> None:
         """Raises ConfigurationError for an empty or odd name, or a size outside [1, MAX_LIMIT_SIZE]."""

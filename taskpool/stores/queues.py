@@ -4,33 +4,17 @@ kombu's Redis transport (5.7, ``kombu/transport/redis.py``) keeps a queue in one
 priority step: ``<queue>`` for step 0 and ``<queue>\\x06\\x16<step>`` for steps 3, 6 and 9
 (``Channel._q_for_pri``, ``Channel.sep``, ``PRIORITY_STEPS``), and prefixes every key with the
 ``global_keyprefix`` transport option when one is set (``PrefixedStrictRedis``). A queue's depth
-is the sum of those lists' lengths, as ``Channel._size`` computes it.
+is the sum of those lists' lengths, as ``Channel._size`` computes it. The key names come
+from :func:`taskpool.core.names.queue_keys`; the prefix from :func:`~taskpool.core.names.queue_keyprefix`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import redis
 
-#: kombu's separator between a queue's name and its priority step.
-PRIORITY_SEPARATOR = "\x06\x16"
-#: kombu's default priority steps (``priority_steps`` transport option).
-PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-def queue_keys(queue: str, *, keyprefix: str = "") -> list[str]:
-    """The Redis lists that hold ``queue``'s messages, one per priority step."""
-    return [
-        f"{keyprefix}{queue}" if step == 0 else f"{keyprefix}{queue}{PRIORITY_SEPARATOR}{step}"
-        for step in PRIORITY_STEPS
-    ]
-
-
-def keyprefix_of(transport_options: Any) -> str:
-    """The ``global_keyprefix`` of kombu's Redis transport options (``broker_transport_options``)."""
-    return str((transport_options or {}).get("global_keyprefix") or "")
+from taskpool.core.names import PRIORITY_STEPS, queue_keys
 
 
 def queue_depths(client: redis.Redis, queues: Iterable[str], *, keyprefix: str = "") -> dict[str, int]:
@@ -46,7 +30,7 @@ def queue_depths(client: redis.Redis, queues: Iterable[str], *, keyprefix: str =
     steps = len(PRIORITY_STEPS)
     with client.pipeline(transaction=False) as pipe:
         for name in names:
-            for key in queue_keys(name, keyprefix=keyprefix):
+            for key in queue_keys(name, keyprefix):
                 pipe.llen(key)
         lengths = pipe.execute()
     return {name: sum(int(n) for n in lengths[i * steps : (i + 1) * steps]) for i, name in enumerate(names)}

@@ -41,8 +41,8 @@ from typing import Any
 
 from celery.exceptions import TaskRevokedError
 
-from taskpool.core.errors import BatchError
 from taskpool.core.batch import Batch
+from taskpool.core.errors import BatchError
 from taskpool.runtime.batch import run_batch
 from taskpool.worker import state
 

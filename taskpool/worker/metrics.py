@@ -29,29 +29,12 @@ from typing import Any
 
 from celery import bootsteps, signals
 
+from taskpool.core.settings import metrics_address, metrics_port
 from taskpool.worker.stats import worker_snapshot
 
 logger = logging.getLogger("taskpool.metrics")
 
-DEFAULT_ADDRESS = "127.0.0.1"
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def metrics_port(environ: dict[str, str] | None = None) -> int:
-    """``TASKPOOL_METRICS_PORT`` as an int; 0 when unset (metrics off)."""
-    env = os.environ if environ is None else environ
-    raw = env.get("TASKPOOL_METRICS_PORT", "").strip()
-    if not raw:
-        return 0
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        from taskpool.core.errors import ConfigurationError
-
-        raise ConfigurationError(f"TASKPOOL_METRICS_PORT={raw!r}: expected a port number 0-65535 (0: off)")
-    return port
 
 
 class TaskCounters:
@@ -177,7 +160,7 @@ class MetricsStep(bootsteps.StartStopStep):
             self.port = metrics_port()
         except Exception as exc:  # a bad port must not stop the worker
             logger.error("taskpool: metrics off: %s", exc)
-        self.address = os.environ.get("TASKPOOL_METRICS_ADDRESS") or DEFAULT_ADDRESS
+        self.address = metrics_address()
         self.server: Any = None
         self.counters: TaskCounters | None = None
         self._own_dir: str | None = None

@@ -9,13 +9,15 @@ snapshot to Prometheus.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from typing import Any
 
 from celery import bootsteps
 from celery.worker import state as worker_state
 
+from taskpool.core.errors import ConfigurationError
+from taskpool.core.names import GPU, kind_of
+from taskpool.core.settings import metrics_port
 from taskpool.worker.state import gate_of
 
 
@@ -24,6 +26,13 @@ def _concurrency(consumer: Any) -> int | None:
     try:
         return int(pool.num_processes) if pool is not None else None
     except (AttributeError, TypeError, ValueError):  # a pool not started yet has no processes
+        return None
+
+
+def _metrics_port() -> int | None:
+    try:
+        return metrics_port() or None
+    except ConfigurationError:  # the metrics step logged it and serves nothing
         return None
 
 
@@ -62,7 +71,7 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
         "slots_waiting": {},
         "gpu_holders": {},
         "admission": {},
-        "metrics_port": int(os.environ.get("TASKPOOL_METRICS_PORT") or 0) or None,
+        "metrics_port": _metrics_port(),
     }
     scaler = getattr(getattr(consumer, "controller", None), "autoscaler", None)
     if scaler is not None and hasattr(scaler, "info"):
@@ -78,7 +87,7 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
         for request_id, leases in info.get("held", {}).items():
             for name, slots, _fence in leases:
                 held[name] += len(slots)
-                if name.startswith("gpu:"):
+                if kind_of(name)[0] == GPU:
                     for slot in slots:
                         snapshot["gpu_holders"][f"{name}/{slot}"] = request_id
         waiting: Counter[str] = Counter()

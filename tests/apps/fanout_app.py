@@ -15,7 +15,7 @@ import time
 import redis
 
 from taskpool import TaskPool
-from taskpool.client.routing import redis_queue_keys
+from taskpool.core.names import queue_keys as redis_queue_keys
 from taskpool.core.settings import Settings
 
 app = TaskPool(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from taskpool.client.routing import redis_queue_keys
+from taskpool.core.names import queue_keys as redis_queue_keys
 from taskpool.ops.embedded import free_port
 from taskpool.stores.dead_letters import DeadLetter
 from tests.conftest import Worker, taskpool_cli

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from taskpool.ops.launcher import launch
 from tests.conftest import ROOT, Worker, wait_for
 
 
@@ -19,7 +19,6 @@ def test_taskpool_worker_command_serves_its_pool_with_defaults(
     """`taskpool worker --pool threads` consumes only the threads queue, named threads@HOST."""
     env = dict(
         os.environ,
-        TASKPOOL_BROKER_URL=redis_url,
         TASKPOOL_QUEUE_PREFIX="cli.",  # its own queues, away from the session's workers
         PYTHONPATH=str(ROOT),
     )
@@ -36,7 +35,7 @@ def test_taskpool_worker_command_serves_its_pool_with_defaults(
         "-f",
         str(log),
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = launch(cmd, broker_url=redis_url, env=env, cwd=ROOT)
     hostname = f"threads@{socket.gethostname()}"
     try:
         wait_for(lambda: tp_app.app.control.ping(destination=[hostname], timeout=0.5), 30, what="cli worker")
@@ -49,8 +48,7 @@ def test_taskpool_worker_command_serves_its_pool_with_defaults(
         text = log.read_text()
         assert "taskpool: threads worker consuming cli.threads;" in text
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.stop(30)
 
 
 def test_whole_worker_sigkill_task_comes_back_after_visibility_timeout(

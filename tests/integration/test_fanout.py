@@ -23,8 +23,8 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from taskpool.client import fanout
-from taskpool.client.routing import redis_queue_keys
 from taskpool.core.errors import ConfigurationError, QueueFull
+from taskpool.core.names import queue_keys as redis_queue_keys
 from tests.conftest import Worker, wait_for
 
 THREADS = "fan-threads@test"

@@ -11,8 +11,9 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from taskpool.client.routing import redis_queue_keys
-from taskpool.stores.queues import keyprefix_of, queue_depth, queue_depths, queue_keys
+from taskpool.core.names import queue_keyprefix as keyprefix_of
+from taskpool.core.names import queue_keys
+from taskpool.stores.queues import queue_depth, queue_depths
 from taskpool.worker.autoscale.probes import QueueProbe
 
 pytestmark = pytest.mark.timeout(30)
@@ -23,7 +24,7 @@ def name(redis_client: redis.Redis) -> Iterator[str]:
     queue = f"queues-test.{uuid.uuid4().hex[:10]}"
     yield queue
     for prefix in ("", "pfx:"):
-        redis_client.delete(*queue_keys(queue, keyprefix=prefix))
+        redis_client.delete(*queue_keys(queue, prefix))
 
 
 def publish(url: str, queue: str, priorities: list[int], keyprefix: str = "") -> int:
@@ -68,9 +69,9 @@ def test_depths_of_several_queues_in_one_round_trip(redis_client: redis.Redis, r
         redis_client.delete(*queue_keys(a), *queue_keys(b))
 
 
-def test_keys_match_the_routing_helper_and_the_prefix_option() -> None:
-    assert queue_keys("q") == redis_queue_keys("q")
-    assert queue_keys("q", keyprefix="p:") == [f"p:{k}" for k in redis_queue_keys("q")]
+def test_keys_follow_kombus_priority_lists_and_the_prefix_option() -> None:
+    assert queue_keys("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]
+    assert queue_keys("q", "p:") == [f"p:{k}" for k in queue_keys("q")]
     assert keyprefix_of({"global_keyprefix": "p:", "visibility_timeout": 5}) == "p:"
     assert keyprefix_of(None) == keyprefix_of({}) == ""
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from taskpool.ops.embedded import RedisServer, free_port
+from taskpool.ops.launcher import Child, launch
 from tests.conftest import ROOT, Worker, wait_for
 from tests.integration.test_compose import compose, project, resolved  # noqa: F401 (fixture)
 
@@ -27,7 +28,7 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 
 
 # -- Flower ---------------------------------------------------------------------------------
-def start_flower(broker: str, auth: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_flower(broker: str, auth: str, tmp_path: Path) -> tuple[Child, int, Path]:
     port = free_port()
     log = tmp_path / f"flower-{port}.log"
     cmd = [
@@ -40,12 +41,13 @@ def start_flower(broker: str, auth: str, tmp_path: Path) -> tuple[subprocess.Pop
         f"--conf={ROOT / 'config' / 'flower.py'}",
     ]
     env = dict(
-        os.environ, PYTHONPATH=str(ROOT), TASKPOOL_BROKER_URL=broker, FLOWER_BASIC_AUTH=auth,
-        FLOWER_PORT=str(port), FLOWER_ADDRESS="127.0.0.1",
-    )  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, port, log
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        FLOWER_BASIC_AUTH=auth,
+        FLOWER_PORT=str(port),
+        FLOWER_ADDRESS="127.0.0.1",
+    )
+    return launch(cmd, broker_url=broker, env=env, cwd=ROOT, output=log), port, log
 
 
 def get(url: str, auth: str | None = None) -> tuple[int, str]:
@@ -77,8 +79,7 @@ def test_flower_metrics_need_credentials_and_healthcheck_does_not(redis_url: str
         status, body = get(f"{base}/metrics", auth)
         assert status == 200 and "# HELP" in body, status
     finally:
-        proc.terminate()
-        proc.wait(20)
+        proc.stop(20)
     assert PASSWORD not in log.read_text()
 
 
@@ -180,11 +181,7 @@ def test_worker_and_cli_use_the_password_and_never_print_it(auth_redis: Any, tmp
     )
     outputs: list[str] = []
     banner = tmp_path / "auth-worker.out"
-    with banner.open("wb") as out:  # the worker's own stdout and stderr (its banner), besides its log
-        worker.process = subprocess.Popen(
-            worker.cmd, cwd=ROOT, env=worker.env, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    worker.launch(output=banner)  # the worker's own stdout and stderr (its banner), besides its log
     try:
         done = run([sys.executable, "-c", code], env, timeout=90)
         outputs += [done.stdout, done.stderr]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import uuid
 from pathlib import Path
 
 from taskpool.ops.embedded import RedisServer
+from taskpool.ops.launcher import launch
 from tests.conftest import wait_for
 
 from .test_stack import processes_with, run_client
@@ -51,13 +51,10 @@ def test_up_runs_gpu_tasks_on_the_gpu_worker_and_reports_a_crash(tmp_path: Path)
     with RedisServer(tmp_path / "redis") as server:
         marker = uuid.uuid4().hex
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "FLOWER_"))}
-        env.update(TASKPOOL_BROKER_URL=server.url, TASKPOOL_TEST_STACK=marker, PYTHONPATH=str(ROOT))
+        env.update(TASKPOOL_TEST_STACK=marker, PYTHONPATH=str(ROOT))
         cmd = [sys.executable, "-m", "taskpool", "up", "-A", "tests.apps.stack_gpu_app", "--no-flower"]
         cmd += ["--metrics-port", "0", "--gpus", "2"]
-        proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
+        proc = launch(cmd, broker_url=server.url, env=env, cwd=tmp_path, output="pipe", text=True)
         lines: list[str] = []
         assert proc.stdout is not None
         pump = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
@@ -87,7 +84,7 @@ def test_up_runs_gpu_tasks_on_the_gpu_worker_and_reports_a_crash(tmp_path: Path)
             wait_for(lambda: not processes_with(marker), 15, what="every process of the stack to exit")
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
             for pid in processes_with(marker):
                 os.kill(pid, signal.SIGKILL)

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from taskpool.core.errors import ConfigurationError, LeaseLost, SlotTimeout
+from taskpool.core.names import SEMAPHORE_PARTS, semaphore_key, semaphore_key_glob, semaphore_of_key
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def default_owner() -> str:
 
 @dataclass(frozen=True)
 class SemaphoreKeys:
-    """The Redis keys of one semaphore; all share the hash tag ``{name}`` (Redis Cluster-safe)."""
+    """The Redis keys of one semaphore (named by :func:`taskpool.core.names.semaphore_key`), in
+    the order the Lua scripts take them as KEYS; all share the hash tag ``{name}``."""
 
     holders: str
     leases: str
@@ -53,29 +55,21 @@ class SemaphoreKeys:
 
     @classmethod
     def for_name(cls, name: str, keyspace: str = "taskpool") -> SemaphoreKeys:
-        prefix = f"{cls.prefix(keyspace)}{name}}}"
-        return cls(
-            f"{prefix}:holders", f"{prefix}:leases", f"{prefix}:info", f"{prefix}:fence", f"{prefix}:wake"
-        )
+        return cls(*(semaphore_key(name, part, keyspace) for part in SEMAPHORE_PARTS))
 
     def as_list(self) -> list[str]:
         """In the order the scripts expect them as KEYS."""
         return [self.holders, self.leases, self.info, self.fence, self.wake]
 
-    @staticmethod
-    def prefix(keyspace: str) -> str:
-        """What every semaphore key of ``keyspace`` starts with, up to its name."""
-        return f"{keyspace}:sem:{{"
-
 
 def semaphore_names(client: redis.Redis, keyspace: str = "taskpool", pattern: str = "*") -> list[str]:
     """Names of the semaphores that have (or had) holders, matching the glob ``pattern``."""
-    prefix = SemaphoreKeys.prefix(keyspace)
-    names = set()
-    for key in client.scan_iter(match=f"{prefix}{pattern}}}:holders", count=500):
-        text = _text(key)
-        names.add(text[len(prefix) : text.rindex("}:holders")])
-    return sorted(names)
+    found = set()
+    for key in client.scan_iter(match=semaphore_key_glob(keyspace, pattern), count=500):
+        name = semaphore_of_key(_text(key), keyspace)
+        if name is not None:
+            found.add(name)
+    return sorted(found)
 
 
 def holders_of(client: redis.Redis, name: str, keyspace: str = "taskpool") -> list[HolderInfo]:

@@ -12,7 +12,8 @@ from taskpool.client.routing import pool_of_worker
 from taskpool.compat.billiard import child_pids
 from taskpool.compat.celery import inner_pool
 from taskpool.core.errors import ConfigurationError
-from taskpool.stores.queues import keyprefix_of, queue_depths
+from taskpool.core.names import queue_keyprefix
+from taskpool.stores.queues import queue_depths
 
 #: Socket timeouts of the queue probe's Redis client, in seconds: the hub must not hang on Redis.
 PROBE_TIMEOUT = 0.5
@@ -35,7 +36,7 @@ class QueueProbe:
                 app.conf.broker_url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
             )
             names = sorted(app.amqp.queues.consume_from or ())
-            keyprefix = keyprefix_of(app.conf.broker_transport_options)
+            keyprefix = queue_keyprefix(app.conf.broker_transport_options)
         except Exception:
             return None
         return cls(client, names, keyprefix=keyprefix) if names else None
