@@ -43,6 +43,49 @@ def restore_messages(consumer: Any, tags: list[str]) -> int:
     return restored
 
 
+def requeue_at_head(message: Any) -> bool:
+    """Put a delivered, unacknowledged message back at the head of its queue, as it is, and
+    forget it on this channel: the next BRPOP of any consumer of the queue takes it first.
+
+    kombu's own ``Message.requeue()`` is no use here: the Redis ``QoS.reject(tag, requeue=True)``
+    restores with ``leftmost=True``, an LPUSH, and consumers BRPOP from the right, so the message
+    goes behind the whole backlog.
+
+    The message keeps its body, headers and retry count; kombu marks it ``redelivered`` (Celery
+    reads that flag only for ``worker_deduplicate_successful_tasks``, which looks the task up in
+    the result backend: one never run is run). Nothing is duplicated or lost: the unacked entry is
+    removed and pushed back in one transaction, and an entry kombu restored already (visibility
+    timeout) is pushed nowhere.
+
+    Internals (kombu 5.7.0, the Redis transport): ``QoS.restore_by_tag(tag, leftmost=False)``
+    (WATCH/MULTI on the unacked hash: HGET, ZREM/HDEL, RPUSH to the queue's list for the
+    message's priority), reached through ``message.channel.qos``; then the virtual transport's
+    base ``QoS.ack(tag)`` (only the channel's prefetch window forgets the tag, no Redis: what
+    ``QoS.reject`` calls after its own restore); then the message's ``_state = "REQUEUED"``, what
+    ``Message.requeue()`` sets, so a later ack or reject of this message raises instead of
+    touching a delivery that is no longer this channel's.
+
+    Returns:
+        False, and nothing done, when the message is not an unacknowledged delivery of kombu's
+        Redis transport.
+
+    Raises:
+        The transport's connection errors: the message is then still this channel's, unacked.
+    """
+    from kombu.transport.virtual.base import QoS as VirtualQoS
+
+    channel = getattr(message, "channel", None)
+    qos = getattr(channel, "qos", None)
+    restore = getattr(qos, "restore_by_tag", None)
+    tag = getattr(message, "delivery_tag", None)
+    if restore is None or tag is None or not isinstance(qos, VirtualQoS) or message.acknowledged:
+        return False
+    restore(tag, leftmost=False)
+    VirtualQoS.ack(qos, tag)
+    message._state = "REQUEUED"
+    return True
+
+
 #: Seconds the broker sockets may block while a lost connection is torn down (Celery's own bound).
 CLOSE_SOCKET_TIMEOUT = 5.0
 
