@@ -11,7 +11,9 @@ Redis keys, under the settings' ``keyspace`` (default ``taskpool``):
 
 - ``<keyspace>:limits``: hash, limit name -> size;
 - ``{<keyspace>:dead}`` and ``{<keyspace>:dead}:by_time``: dead-letter records and their index;
-- ``<keyspace>:sem:{<semaphore>}:<part>``: a semaphore's state (parts: :data:`SEMAPHORE_PARTS`).
+- ``<keyspace>:sem:{<semaphore>}:<part>``: a semaphore's state (parts: :data:`SEMAPHORE_PARTS`);
+- ``{<keyspace>:peers}`` and ``{<keyspace>:peers}:<owner>``: the set of workers with an admission
+  gate and each one's short-lived record (queues, room per task), see :func:`peer_keys`.
 
 Queues are kombu's: a queue is one Redis list per priority step (``<queue>`` for step 0,
 ``<queue>\\x06\\x16<step>`` for the others), each behind the transport's ``global_keyprefix``.
@@ -106,6 +108,13 @@ def dead_letter_keys(keyspace: str) -> tuple[str, str]:
     ids by failure time; one hash tag, so both live on one Redis Cluster slot."""
     records = f"{{{keyspace}:dead}}"
     return records, f"{records}:by_time"
+
+
+def peer_keys(keyspace: str, owner: str) -> tuple[str, str]:
+    """``(index, record)``: the set of workers' owners (``host:pid``) that published a record, and
+    ``owner``'s record (JSON, expires unless renewed); one hash tag, so one Redis Cluster slot."""
+    index = f"{{{keyspace}:peers}}"
+    return index, f"{index}:{owner}"
 
 
 #: The keys of one semaphore, by the part of its state each holds.
