@@ -12,6 +12,10 @@ view of the consumer whose ``on_task_request`` / ``apply_eta_task`` go through t
 whose ``pool.apply_async`` wraps the completion callbacks to release the leases first. The
 consumer bootstep :class:`~taskpool.worker.admission.AdmissionStep` creates the gate and
 carries it across connection losses.
+
+With other workers on the same queues, the gate holds a waiting request only while that is
+useful: :mod:`taskpool.worker.placement` has the rule (next in line, room, surplus), and a
+request beyond it goes back to the head of its queue for a worker with room.
 """
 
 from __future__ import annotations
@@ -20,21 +24,31 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.worker.state import task_reserved
+from celery.worker.state import task_ready, task_reserved
 
+from taskpool.compat.kombu import requeue_at_head
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.limits import Need
 from taskpool.core.options import TaskOptions
+from taskpool.stores.peers import PeerBoard
 from taskpool.stores.semaphores import Lease
 from taskpool.worker import state
 from taskpool.worker.holdings import Holdings, granted
+from taskpool.worker.placement import Placement, bound, is_surplus, room_for, surplus_flags
 
 logger = logging.getLogger("taskpool.admission")
+
+#: Seconds between two looks of the placement thread at its room, its surplus and its peers.
+PLACEMENT_TICK = 0.1
+#: Seconds between two publishes of this worker's record when nothing changed (it lives 3 s).
+PUBLISH_EVERY = 1.0
+#: Seconds between two reads of the peers' records while this worker holds no surplus.
+READ_PEERS_EVERY = 0.5
 
 
 class View:
@@ -57,6 +71,13 @@ class _Waiting:
         self.since = time.monotonic()
 
 
+def queue_of(request: Any) -> str | None:
+    """The queue a request's message came from (taskpool's queues are routed by their name)."""
+    info = getattr(request, "delivery_info", None) or {}
+    key = info.get("routing_key") if isinstance(info, dict) else None
+    return str(key) if key else None
+
+
 class Gate:
     """Admission for one worker process (its consumer).
 
@@ -67,9 +88,14 @@ class Gate:
         ttl: lease length, seconds; renewed every ttl/3.
         on_refused: ``(request, exc)``, ends a request that can never be admitted (its task
             needs a limit with no size, or more GPU slots than the host has).
+        spread: publish this worker's room and hand surplus requests to workers with room
+            (:mod:`taskpool.worker.placement`); needs ``client``.
+        requeue: puts a request's message back at the head of its queue (``True``), or says it
+            cannot (``False``); :func:`~taskpool.compat.kombu.requeue_at_head` by default.
 
     Building it starts nothing; :meth:`start` (the consumer's, on its event loop's thread)
-    starts the lease keeper and the waiter thread, :meth:`close` stops them.
+    starts the lease keeper, the waiter thread and the placement thread, :meth:`close` stops
+    them.
     """
 
     def __init__(
@@ -80,6 +106,8 @@ class Gate:
         ttl: float,
         *,
         on_refused: Callable[[Any, ConfigurationError], None],
+        spread: bool = True,
+        requeue: Callable[[Any], bool] = requeue_at_head,
     ) -> None:
         self.app = app
         self.on_refused = on_refused
@@ -102,8 +130,25 @@ class Gate:
         self._loop_thread: int | None = None  # the consumer's event loop's thread, set by start()
         self._held_extra = 0  # prefetch slots lent to waiting requests
         self.max_waiting_extra = 16  # up to max(16, 4 x pool size), once the pool has started
-        self.stats = {"admitted": 0, "waited": 0, "released": 0, "failed_admission": 0, "lost_leases": 0}
+        self.stats = {
+            "admitted": 0,
+            "waited": 0,
+            "released": 0,
+            "failed_admission": 0,
+            "lost_leases": 0,
+            "handed_back": 0,  # surplus requests put back at the head of their queue
+            "reoffered": 0,  # ... of them, handed back later, for a peer that published room
+            "kept": 0,  # surplus requests that came back (no other worker took them): held here
+        }
         self._waiter: threading.Thread | None = None
+        self.placement = Placement(self.owner)
+        self.board = PeerBoard(client, app.settings.keyspace, self.owner) if spread and client else None
+        self._requeue = requeue
+        self._placer: threading.Thread | None = None
+        self._seq = 0  # of this worker's published record
+        self._published: dict[str, int] | None = None  # the room last published
+        self._next_publish = 0.0
+        self._next_read = 0.0
 
     def start(self) -> None:
         """Start renewing and waiting, on the consumer's thread (again at each reconnect: a no-op)."""
@@ -114,6 +159,10 @@ class Gate:
             self.holdings.start()
             self._waiter = threading.Thread(target=self._wait_loop, name="taskpool-admission", daemon=True)
             self._waiter.start()
+        if self._placer is None and self.board is not None:
+            placer = threading.Thread(target=self._placement_loop, name="taskpool-placement", daemon=True)
+            self._placer = placer
+            placer.start()
 
     # -- Celery glue -------------------------------------------------------------------
     def view(self) -> View:
@@ -166,6 +215,8 @@ class Gate:
         if not blocked and self._try(request, needs):
             self._dispatch(request)
             return
+        if self._offer_at_receipt(request, needs):
+            return
         with self._lock:
             self._waiting.append(_Waiting(request, needs))
             if self._held_extra < self.max_waiting_extra:
@@ -193,13 +244,17 @@ class Gate:
         keys = [k for k in self.holdings.delivery_keys() if state.task_id_of_key(k) == task_id]
         return keys[0] if len(keys) == 1 else None
 
-    def _dispatch(self, request: Any) -> None:
-        self.stats["admitted"] += 1
+    def _end_loan(self, request: Any) -> None:
+        """The request no longer waits here: the prefetch slot lent for it (if any) ends."""
         if state.prefetch_lent(request):
             state.set_prefetch_lent(request, False)
             with self._lock:
                 self._held_extra -= 1
             self.consumer.qos.decrement_eventually()
+
+    def _dispatch(self, request: Any) -> None:
+        self.stats["admitted"] += 1
+        self._end_loan(request)
         if request.revoked():
             self.release(state.admission_key(request))
             return
@@ -351,6 +406,140 @@ class Gate:
         else:
             self._dispatch_handed(key)
 
+    # -- placement: surplus requests go where there is room --------------------------------
+    def _waiting_counts(self) -> Counter[str]:
+        """Requests waiting per semaphore (call with ``self._lock`` held)."""
+        return Counter(n.name for w in self._waiting for n in w.needs)
+
+    def _offer_at_receipt(self, request: Any, needs: list[Need]) -> bool:
+        """A request that must wait, just read: hand it back if it is surplus here and a peer on
+        its queue has room for its task (unless it came back to this worker: then it stays)."""
+        if getattr(request, "members", None) is not None:
+            return False  # a batch waits here: its inputs were collected by this worker's batcher
+        with self._lock:
+            surplus = is_surplus(needs, self._waiting_counts())
+        if not surplus or self.placement.room_elsewhere(request.name, queue_of(request)) <= 0:
+            return False
+        if not self.placement.offer_at_receipt(request.id):
+            self.stats["kept"] += 1
+            return False
+        return self._return_to_queue(request)
+
+    def _return_to_queue(self, request: Any) -> bool:
+        """Put ``request``'s message back at the head of its queue and forget the request."""
+        try:
+            done = self._requeue(request.message)
+        except Exception:  # Redis unreachable: the message is still ours, the request waits here
+            logger.warning("taskpool: could not hand %s[%s] back; it waits here", request.name, request.id,
+                           exc_info=True)  # fmt: skip
+            return False
+        if not done:
+            return False
+        task_ready(request)  # no longer reserved by this worker (Celery's bookkeeping)
+        self.stats["handed_back"] += 1
+        logger.debug("taskpool: %s[%s] handed back for a worker with room", request.name, request.id)
+        return True
+
+    def _surplus(self) -> list[tuple[_Waiting, str, str | None]]:
+        """The surplus waiters, oldest first, as ``(waiter, task, queue)`` (batches excluded)."""
+        with self._lock:
+            waiting = list(self._waiting)
+        flags = surplus_flags([w.needs for w in waiting])
+        return [
+            (w, w.request.name, queue_of(w.request))
+            for w, flag in zip(waiting, flags, strict=True)
+            if flag and getattr(w.request, "members", None) is None
+        ]
+
+    def _reoffer(self, w: _Waiting) -> None:
+        """Hand back a surplus waiter for a peer that published room (on the consumer's thread)."""
+        if not self._round.acquire(blocking=self._hub is None):
+            return  # an admission round runs: the next tick looks again
+        try:
+            with self._lock:
+                if w not in self._waiting:
+                    return  # admitted or dropped meanwhile
+                index = self._waiting.index(w)
+                if not surplus_flags([x.needs for x in self._waiting])[index]:
+                    return  # next in line by now
+                del self._waiting[index]
+            if self._return_to_queue(w.request):
+                self._end_loan(w.request)
+                self.placement.note_reoffered(w.request.id)
+                self.stats["reoffered"] += 1
+            else:
+                with self._lock:
+                    self._waiting.insert(min(index, len(self._waiting)), w)
+        finally:
+            self._round.release()
+
+    def room(self) -> dict[str, int]:
+        """Task name -> requests of it this worker would line up now, for the gated tasks of the
+        queues it consumes (batched tasks excluded: their batches are never handed back)."""
+        app = self.app
+        tasks = getattr(app, "tasks", None) or {}
+        consumed = set(self._consumed_queues())
+        with self._lock:
+            counts = self._waiting_counts()
+        room = {}
+        for name, task in list(tasks.items()):
+            options: TaskOptions | None = getattr(task, "taskpool", None)
+            if options is None or not options.has_limits or options.batch is not None:
+                continue
+            if app.settings.queue_for(options.pool, gpu=bool(options.gpu_slots)) not in consumed:
+                continue
+            try:
+                needs = self.holdings.needs(options)
+            except ConfigurationError:
+                continue  # can never run here
+            if (n := room_for(needs, counts)) > 0:
+                room[name] = n
+        return room
+
+    def _consumed_queues(self) -> list[str]:
+        queues = getattr(getattr(self.app, "amqp", None), "queues", None)
+        return sorted(getattr(queues, "consume_from", None) or ())
+
+    def _record(self, room: dict[str, int]) -> dict[str, Any]:
+        """What this worker publishes (see :mod:`taskpool.stores.peers`)."""
+        node, queues = self.consumer.hostname, self._consumed_queues()
+        return {"node": node, "queues": queues, "room": room, "seq": self._seq}
+
+    def placement_tick(self) -> None:
+        """Publish this worker's room when it changed (or every second), read the peers', and
+        re-offer surplus requests to peers that have room. One turn of the placement thread."""
+        board = self.board
+        if board is None:
+            return
+        now = time.monotonic()
+        room = self.room()
+        if room != self._published or now >= self._next_publish:
+            self._seq += 1
+            board.publish(self._record(room))
+            self._published, self._next_publish = room, now + PUBLISH_EVERY
+        surplus = self._surplus()
+        if surplus or now >= self._next_read:
+            self.placement.update_peers(board.read())
+            self._next_read = now + READ_PEERS_EVERY
+        if not surplus:
+            return
+        for w in self.placement.pick_reoffers(surplus):
+            if self._hub is not None:
+                self._hub.call_soon(self._reoffer, w)
+            else:
+                self._reoffer(w)
+
+    def _placement_loop(self) -> None:
+        while not self._stopping.wait(PLACEMENT_TICK):
+            try:
+                self.placement_tick()
+            except redis.RedisError:
+                logger.debug("taskpool: placement could not reach Redis; retrying", exc_info=True)
+                self._stopping.wait(1.0)
+            except Exception:
+                logger.exception("taskpool: placement tick failed")
+                self._stopping.wait(1.0)
+
     # -- connection loss -----------------------------------------------------------------
     def connection_lost(self) -> list[Any]:
         """Forget every request not yet dispatched, and return them.
@@ -389,7 +578,15 @@ class Gate:
         }
         with self._lock:
             waiting = [(w.request.id, w.request.name, [n.name for n in w.needs]) for w in self._waiting]
-        return {"owner": self.owner, "held": held, "waiting": waiting, **self.stats}
+            bounds = {n.name: bound(n) for w in self._waiting for n in w.needs}
+        return {
+            "owner": self.owner,
+            "held": held,
+            "waiting": waiting,
+            "bounds": bounds,  # semaphore -> requests next in line at most (the rest are surplus)
+            "peers": len(self.placement.peers()),  # live workers with a gate that this one sees
+            **self.stats,
+        }
 
     def close(self) -> None:
         """Stop waiting and renewing; give back every slot this worker still holds."""
@@ -398,3 +595,8 @@ class Gate:
         self.holdings.stop()
         for key in self.holdings.delivery_keys():
             self.release(key)
+        if self.board is not None:
+            try:
+                self.board.withdraw()
+            except redis.RedisError:
+                logger.debug("taskpool: could not withdraw this worker's record; it expires", exc_info=True)

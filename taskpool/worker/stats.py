@@ -96,7 +96,7 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
         snapshot["slots_held"] = dict(sorted(held.items()))
         snapshot["slots_waiting"] = dict(sorted(waiting.items()))
         snapshot["admission"] = {
-            k: v for k, v in info.items() if k not in ("owner", "held", "waiting") and isinstance(v, int)
+            k: v for k, v in info.items() if k not in ("owner", "held", "waiting", "peers") and isinstance(v, int)
         }
     return snapshot
 
