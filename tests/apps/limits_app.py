@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -55,12 +56,18 @@ def free(key: str, seconds: float) -> dict[str, Any]:
 
 @app.task(pool="prefork", cluster_max_in_flight=2, bind=True)
 def cluster_capped(self: Any, key: str, seconds: float) -> dict[str, Any]:
-    return record(key, seconds, worker=self.request.hostname)
+    return record(key, seconds, worker=self.request.hostname, task=self.request.id)
 
 
 @app.task(pool="prefork", gpu_slots=1)
 def on_gpu(key: str, seconds: float) -> dict[str, Any]:
     return record(key, seconds, device=str(torch_device()))
+
+
+@app.task(pool="prefork", gpu_slots=1, bind=True)
+def on_gpu_here(self: Any, key: str, seconds: float) -> dict[str, Any]:
+    """Records the machine it ran on (a worker in its own UTS namespace has its own) and its id."""
+    return record(key, seconds, host=socket.gethostname(), task=self.request.id)
 
 
 @app.task(pool="prefork", gpu_slots=1)
