@@ -86,6 +86,22 @@ def requeue_at_head(message: Any) -> bool:
     return True
 
 
+def window_has_room(consumer: Any) -> bool:
+    """Whether the consumer's task channel may take one more message now: its prefetch window
+    (unacked deliveries against ``prefetch_count``) is not full, so it is polling its queues.
+
+    Internal (kombu 5.7.0): the virtual transport's ``QoS.can_consume()`` on
+    ``consumer.task_consumer.channel.qos`` (what kombu asks before each BRPOP). Read from
+    another thread it is a hint: two ``len()`` of the channel's own sets.
+
+    Returns:
+        True when the consumer has no such channel (the window is then not ours to judge).
+    """
+    qos = getattr(getattr(getattr(consumer, "task_consumer", None), "channel", None), "qos", None)
+    can_consume = getattr(qos, "can_consume", None)
+    return bool(can_consume()) if callable(can_consume) else True
+
+
 #: Seconds the broker sockets may block while a lost connection is torn down (Celery's own bound).
 CLOSE_SOCKET_TIMEOUT = 5.0
 

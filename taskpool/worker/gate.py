@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from celery.worker.state import task_ready, task_reserved
 
-from taskpool.compat.kombu import requeue_at_head
+from taskpool.compat.kombu import requeue_at_head, window_has_room
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.limits import Need
 from taskpool.core.options import TaskOptions
@@ -146,7 +146,7 @@ class Gate:
         self._requeue = requeue
         self._placer: threading.Thread | None = None
         self._seq = 0  # of this worker's published record
-        self._published: dict[str, int] | None = None  # the room last published
+        self._published: tuple[dict[str, int], list[str]] | None = None  # room and queues published
         self._next_publish = 0.0
         self._next_read = 0.0
 
@@ -475,10 +475,13 @@ class Gate:
 
     def room(self) -> dict[str, int]:
         """Task name -> requests of it this worker would line up now, for the gated tasks of the
-        queues it consumes (batched tasks excluded: their batches are never handed back)."""
+        queues it consumes (batched tasks excluded: their batches are never handed back); none
+        while its prefetch window is full."""
         app = self.app
         tasks = getattr(app, "tasks", None) or {}
         consumed = set(self._consumed_queues())
+        if not window_has_room(self.consumer):
+            return {}  # not polling its queues: a request handed back would not reach it
         with self._lock:
             counts = self._waiting_counts()
         room = {}
@@ -500,10 +503,9 @@ class Gate:
         queues = getattr(getattr(self.app, "amqp", None), "queues", None)
         return sorted(getattr(queues, "consume_from", None) or ())
 
-    def _record(self, room: dict[str, int]) -> dict[str, Any]:
+    def _record(self, room: dict[str, int], queues: list[str]) -> dict[str, Any]:
         """What this worker publishes (see :mod:`taskpool.stores.peers`)."""
-        node, queues = self.consumer.hostname, self._consumed_queues()
-        return {"node": node, "queues": queues, "room": room, "seq": self._seq}
+        return {"node": self.consumer.hostname, "queues": queues, "room": room, "seq": self._seq}
 
     def placement_tick(self) -> None:
         """Publish this worker's room when it changed (or every second), read the peers', and
@@ -512,13 +514,13 @@ class Gate:
         if board is None:
             return
         now = time.monotonic()
-        room = self.room()
-        if room != self._published or now >= self._next_publish:
+        mine = (self.room(), self._consumed_queues())
+        if mine != self._published or now >= self._next_publish:
             self._seq += 1
-            board.publish(self._record(room))
-            self._published, self._next_publish = room, now + PUBLISH_EVERY
+            board.publish(self._record(*mine))
+            self._published, self._next_publish = mine, now + PUBLISH_EVERY
         surplus = self._surplus()
-        if surplus or now >= self._next_read:
+        if (surplus and self.placement.peers()) or now >= self._next_read:
             self.placement.update_peers(board.read())
             self._next_read = now + READ_PEERS_EVERY
         if not surplus:

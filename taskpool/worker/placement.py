@@ -55,6 +55,7 @@ Why not the other designs the issue names:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -139,9 +140,12 @@ class Placement:
 
     owner: str
     clock: Callable[[], float] = time.monotonic
-    _peers: dict[str, Peer] = field(default_factory=dict)
+    _peers: dict[str, Peer] = field(default_factory=dict)  # replaced whole, never changed in place
     _marks: dict[str, tuple[str, float]] = field(default_factory=dict)
     _offered_at: dict[str, int] = field(default_factory=dict)  # peer owner -> its seq at our last re-offer
+    # The consumer's thread reads peers and marks; the placement thread replaces the peers and,
+    # without an event loop (gevent), marks requests it re-offers.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- peers ----------------------------------------------------------------------------
     def update_peers(self, records: Mapping[str, Mapping[str, Any]]) -> None:
@@ -166,16 +170,17 @@ class Placement:
     def offer_at_receipt(self, task_id: str) -> bool:
         """A surplus request just read while a peer has room: hand it back (``True``), or keep
         it because it came back after this worker handed it back (``False``)."""
-        mark = self._mark(task_id)
-        if mark == _OFFERED:
-            del self._marks[task_id]
-            return False
-        self._set_mark(task_id, _OFFERED)
-        return True
+        with self._lock:
+            if self._mark(task_id) == _OFFERED:
+                del self._marks[task_id]
+                return False
+            self._set_mark(task_id, _OFFERED)
+            return True
 
     def note_reoffered(self, task_id: str) -> None:
         """``task_id`` was handed back from a re-offer (outside the read of a message)."""
-        self._set_mark(task_id, _REOFFERED)
+        with self._lock:
+            self._set_mark(task_id, _REOFFERED)
 
     # -- re-offers ------------------------------------------------------------------------
     def pick_reoffers(self, candidates: Sequence[tuple[T, str, str | None]]) -> list[T]:
@@ -207,7 +212,7 @@ class Placement:
             self._offered_at[owner] = self._peers[owner].seq
         return picked
 
-    # -- marks ----------------------------------------------------------------------------
+    # -- marks (call with the lock held) ----------------------------------------------------
     def _mark(self, task_id: str) -> str | None:
         entry = self._marks.get(task_id)
         if entry is None:

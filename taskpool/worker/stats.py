@@ -20,6 +20,9 @@ from taskpool.core.names import GPU, kind_of
 from taskpool.core.settings import metrics_port
 from taskpool.worker.state import gate_of
 
+#: Entries of the gate's info that are not counters (the rest go to ``admission``).
+_NOT_COUNTERS = ("owner", "held", "waiting", "bounds", "peers")
+
 
 def _concurrency(consumer: Any) -> int | None:
     pool = getattr(consumer, "pool", None)
@@ -96,7 +99,7 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
         snapshot["slots_held"] = dict(sorted(held.items()))
         snapshot["slots_waiting"] = dict(sorted(waiting.items()))
         snapshot["admission"] = {
-            k: v for k, v in info.items() if k not in ("owner", "held", "waiting", "peers") and isinstance(v, int)
+            k: v for k, v in info.items() if k not in _NOT_COUNTERS and isinstance(v, int)
         }
     return snapshot
 

@@ -218,6 +218,43 @@ def test_restore_messages(connection: kombu.Connection, queue_name: str) -> None
     assert channel.client.llen(queue_name) == 1, update(fn)
 
 
+def test_requeue_at_head_and_window_has_room(connection: kombu.Connection, queue_name: str) -> None:
+    fn = "kombu.requeue_at_head"
+    channel = connection.default_channel
+    assert {"tag", "client", "leftmost"} <= set(inspect.signature(channel.qos.restore_by_tag).parameters), (
+        update(fn)
+    )
+    assert isinstance(channel.qos, virtual.QoS), update(fn)
+    # Why not kombu's own requeue: it restores with leftmost=True, behind the backlog.
+    assert "leftmost=True" in inspect.getsource(kombu_redis.QoS.reject), update(fn)
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    got: list[Any] = []
+    consumer = consumer_of(connection, queue, callbacks=[lambda body, message: got.append(message)])
+    consumer.task_consumer.qos(prefetch_count=1)
+    with connection.Producer() as producer:
+        for n in range(3):
+            producer.publish({"n": n}, routing_key=queue_name, declare=[queue])
+    connection.drain_events(timeout=5)
+    [first] = got
+    assert first.payload == {"n": 0}
+    assert not compat_kombu.window_has_room(consumer), update("kombu.window_has_room")  # 1 of 1 unacked
+    assert compat_kombu.requeue_at_head(first), update(fn)
+    assert first.acknowledged, update(fn)
+    assert not channel.client.hexists(channel.unacked_key, first.delivery_tag), update(fn)
+    assert compat_kombu.window_has_room(consumer), update("kombu.window_has_room")
+    assert not compat_kombu.requeue_at_head(first), update(fn)  # no longer this channel's
+    connection.drain_events(timeout=5)
+    again = got[1]  # the head of the queue: the same message, before n=1 and n=2
+    assert (again.payload, again.delivery_tag) == ({"n": 0}, first.delivery_tag), update(fn)
+    assert again.delivery_info.get("redelivered") is True, update(fn)
+    assert channel.client.llen(queue_name) == 2, update(fn)  # no duplicate
+    again.ack()
+    for _ in range(2):
+        connection.drain_events(timeout=5)
+        got[-1].ack()
+    assert [m.payload["n"] for m in got] == [0, 0, 1, 2], update(fn)
+
+
 def test_close_task_channel(connection: kombu.Connection, queue_name: str) -> None:
     fn = "kombu.close_task_channel"
     from celery.utils import threads
