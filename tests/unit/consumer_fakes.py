@@ -124,6 +124,8 @@ class FakeRequest:
     #: The pool its strategy saw: Celery's ``create_request_cls`` binds ``pool.apply_async``
     #: when the strategy is built, so a gate's view of the pool is the one jobs go through.
     pool: Any = None
+    #: Celery's ``Request.delivery_info``: taskpool's queues are routed by their name.
+    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "q"})
 
     def __post_init__(self) -> None:
         self.name = self.task.name
