@@ -428,7 +428,8 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
         "in flight",
         "reserved",
         "slots held",
-        "waiting",
+        "holding",
+        "handed back",
     )
     workers.title = f"{len(stats)} worker(s)"
     rows = []
@@ -449,7 +450,8 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
             _counts(tp.get("in_flight")),
             _counts(tp.get("reserved")),
             _counts(tp.get("slots_held")),
-            _counts(tp.get("slots_waiting")),
+            _holding(tp),
+            str((tp.get("admission") or {}).get("handed_back", "")),
         )
     show(workers)
     queues = Table(_id_column("queue"), "depth", "consumed by")
@@ -504,6 +506,20 @@ def show(table: Table) -> None:
         return
     wide = Console(width=natural, file=console.file, force_terminal=console.is_terminal)
     wide.print(table)
+
+
+def _holding(tp: dict[str, Any]) -> str:
+    """Requests a worker holds per semaphore, e.g. ``gpu:host1 3 (1 next in line)``: the rest are
+    surplus that no other worker with room took (``slots_waiting`` of an older worker)."""
+    holding = tp.get("holding")
+    if holding is None:
+        return _counts(tp.get("slots_waiting"))
+    parts = []
+    for name, h in holding.items():
+        waiting, following = int(h.get("waiting", 0)), int(h.get("next", 0))
+        extra = f" ({following} next in line)" if following < waiting else ""
+        parts.append(f"{name} {waiting}{extra}")
+    return ", ".join(parts) or "-"
 
 
 def _counts(mapping: dict[str, int] | None) -> str:

@@ -146,7 +146,7 @@ class Gate:
         self._requeue = requeue
         self._placer: threading.Thread | None = None
         self._seq = 0  # of this worker's published record
-        self._published: tuple[dict[str, int], list[str]] | None = None  # room and queues published
+        self._published: tuple[dict[str, int], list[str], int] | None = None  # room, queues, admitted
         self._next_publish = 0.0
         self._next_read = 0.0
 
@@ -514,10 +514,13 @@ class Gate:
         if board is None:
             return
         now = time.monotonic()
-        mine = (self.room(), self._consumed_queues())
+        # A worker that just started a request it was offered may still have the same room (its
+        # slot was free: it ran the request instead of lining it up); publishing at each admission
+        # tells the others at once, so they offer the next one.
+        mine = (self.room(), self._consumed_queues(), self.stats["admitted"])
         if mine != self._published or now >= self._next_publish:
             self._seq += 1
-            board.publish(self._record(*mine))
+            board.publish(self._record(*mine[:2]))
             self._published, self._next_publish = mine, now + PUBLISH_EVERY
         surplus = self._surplus()
         if (surplus and self.placement.peers()) or now >= self._next_read:

@@ -49,8 +49,11 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
     Keys: ``pool``, ``concurrency`` (processes, threads or greenlets now), ``min``, ``max``,
     ``target`` (the autoscaler's, when there is one), ``queues``, ``tasks`` (declared for this
     pool), ``in_flight`` and ``reserved`` (task name -> requests), ``slots_held`` and
-    ``slots_waiting`` (semaphore -> slots held / requests waiting), ``gpu_holders`` (GPU slot ->
-    task id), ``admission`` (the gate's counters), ``metrics_port``.
+    ``slots_waiting`` (semaphore -> slots held / requests waiting), ``holding`` (semaphore ->
+    ``{"waiting": requests held for it, "next": those next in line}``, the rest being surplus
+    that no other worker took, see :mod:`taskpool.worker.placement`), ``peers`` (other workers
+    with a gate that this one sees), ``gpu_holders`` (GPU slot -> task id), ``admission`` (the
+    gate's counters), ``metrics_port``.
     """
     pool = getattr(app, "worker_pool", None)
     active = _per_task(worker_state.active_requests)
@@ -72,6 +75,8 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
         "reserved": {k: v for k, v in sorted(reserved.items()) if v > 0},
         "slots_held": {},
         "slots_waiting": {},
+        "holding": {},
+        "peers": 0,
         "gpu_holders": {},
         "admission": {},
         "metrics_port": _metrics_port(),
@@ -98,6 +103,12 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
             waiting.update(names)
         snapshot["slots_held"] = dict(sorted(held.items()))
         snapshot["slots_waiting"] = dict(sorted(waiting.items()))
+        bounds = info.get("bounds", {})
+        snapshot["holding"] = {
+            name: {"waiting": n, "next": min(n, int(bounds.get(name, n)))}
+            for name, n in sorted(waiting.items())
+        }
+        snapshot["peers"] = int(info.get("peers", 0))
         snapshot["admission"] = {
             k: v for k, v in info.items() if k not in _NOT_COUNTERS and isinstance(v, int)
         }
