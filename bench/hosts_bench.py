@@ -16,15 +16,19 @@ Sides:
 - ``plain``: plain Celery with its own defaults (early acks, prefetch 4), one ``-c 1`` worker
   per host: the way to give each GPU one task at a time without taskpool.
 
-Each round runs two scenarios:
+Scenarios, each run ``--rounds`` times:
 
-- ``ready``: every host is up (taskpool: and sees the others) before the tasks are sent;
-- ``queued``: the tasks are queued first, then every host starts at once: the first worker to
-  connect finds the whole backlog.
+- ``ready``: every host is up (taskpool: and sees the others) before ``--tasks`` tasks are sent.
+  Makespan from the tasks' own records (first start to last end); ideal: tasks x seconds /
+  hosts; % of ideal = ideal / makespan.
+- ``late`` (2 hosts or more): ``--late-tasks`` tasks are queued (16: what one worker of
+  ``-c 3`` takes at once, with the prefetch the gate lends), ``host1`` starts alone and takes
+  the backlog (the first worker to reach a queue), then the other hosts start. From the
+  moment the last of them answers ``ping``: ideal = the work left (each task's recorded time
+  after that moment) / hosts, against the time to the last end. A worker that keeps the whole
+  backlog scores 1 / hosts.
 
-Makespan from the tasks' own records: first start to last end. Ideal: tasks x seconds / hosts,
-every GPU busy from the first start to the last end. % of ideal = ideal / makespan. Prints a
-table (medians over the rounds) and writes ``bench/results/hosts.json``.
+Prints a table (medians over the rounds) and writes ``bench/results/hosts.json``.
 """
 
 from __future__ import annotations
@@ -50,9 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.procs import start, stop  # noqa: E402
+from bench.procs import stop  # noqa: E402
 from taskpool.ops.embedded import RedisServer  # noqa: E402
-from taskpool.ops.launcher import Child  # noqa: E402
+from taskpool.ops.launcher import Child, launch  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "hosts.json"
 MODULES = {
@@ -87,31 +91,40 @@ class Hosts:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKPOOL_", "BENCH_"))}
         path = [str(ROOT)] if side != "before" else [str(before), str(ROOT)]
         env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")])
+        # `python -m celery` puts its working directory first on sys.path: the before side runs
+        # from DIR, so DIR/taskpool wins over this checkout's.
+        self.cwd = Path(path[0])
         env.update(TASKPOOL_BROKER_URL=url, BENCH_BROKER_URL=url, TASKPOOL_GPUS="1")
         self.env = env
         self.url = url
         self.log_dir = log_dir
         self.children: list[Child] = []
 
-    def launch(self) -> None:
-        for host, node in zip(self.names, self.nodes, strict=True):
+    def launch(self, which: slice = slice(None)) -> None:
+        for host, node in list(zip(self.names, self.nodes, strict=True))[which]:
             argv = [
                 "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host,
                 sys.executable, "-m", "celery", "-A", MODULES[self.side], "worker", "-P", "prefork",
                 "-c", str(CONCURRENCY[self.side]), "-n", node, "--without-mingle", "--without-gossip",
                 "-l", "WARNING", "-f", str(self.log_dir / f"{node}.log"),
             ]  # fmt: skip
-            self.children.append(start(argv, env=self.env, log=self.log_dir / f"{node}.out"))
+            log = self.log_dir / f"{node}.out"
+            self.children.append(launch(argv, broker_url=self.url, env=self.env, cwd=self.cwd, output=log))
 
-    def wait_ready(self, app: Any, timeout: float = 120.0) -> None:
+    def wait_ready(
+        self, app: Any, which: slice = slice(None), see_each_other: bool = True, timeout: float = 120.0
+    ) -> None:
+        """Wait until the hosts ``which`` answer ``ping`` (and, with ``see_each_other``, every host's
+        gate sees the others)."""
+        nodes = self.nodes[which]
         deadline = time.monotonic() + timeout
         while True:
-            replies = app.control.ping(destination=self.nodes, timeout=1.0) or []
-            if len(replies) == len(self.nodes):
+            replies = app.control.ping(destination=nodes, timeout=0.5) or []
+            if len(replies) == len(nodes):
                 break
             if time.monotonic() > deadline or any(c.poll() is not None for c in self.children):
                 raise RuntimeError(f"{self.side} hosts did not start; see {self.log_dir}")
-        if self.side != "taskpool" or len(self.nodes) == 1:
+        if not see_each_other or self.side != "taskpool" or len(self.nodes) == 1:
             return
         while time.monotonic() < deadline:  # each gate sees the others (they publish at start)
             stats = app.control.inspect(self.nodes, timeout=2.0).stats() or {}
@@ -119,7 +132,7 @@ class Hosts:
             if len(peers) == len(self.nodes) and min(peers) >= len(self.nodes) - 1:
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"{self.side} hosts did not see each other; see {self.log_dir}")
+        raise RuntimeError(f"{self.side} hosts did not see each other ({peers}); see {self.log_dir}")
 
     def stop(self) -> None:
         for child in self.children:
@@ -157,6 +170,27 @@ def measure(client: Any, key: str, tasks: int, seconds: float, hosts: int) -> di
     }
 
 
+def measure_late(client: Any, key: str, tasks: int, hosts: int, joined: float) -> dict[str, Any]:
+    """``late``: from ``joined`` (wall clock) on, the work left against the time it took."""
+    deadline = time.monotonic() + 180
+    while client.llen(key) < tasks:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {client.llen(key)} of {tasks} records under {key}")
+        time.sleep(0.05)
+    records = [json.loads(x) for x in client.lrange(key, 0, -1)]
+    client.delete(key)
+    left = sum(max(0.0, r["end"] - max(r["start"], joined)) for r in records)
+    span = max(r["end"] for r in records) - joined
+    per_host = Counter(r["host"] for r in records if r["end"] > joined)
+    return {
+        "work_left_s": round(left, 3),
+        "after_join_s": round(span, 3),
+        "of_ideal": round(left / hosts / span, 3) if span > 0 else 1.0,
+        "per_host_after_join": dict(sorted(per_host.items())),
+        "ran_twice": len(records) - len({r["task"] for r in records}),
+    }
+
+
 def run_side(
     side: str, hosts: int, url: str, args: argparse.Namespace, log_dir: Path, before: Path | None
 ) -> dict[str, Any]:
@@ -168,7 +202,7 @@ def run_side(
     app, task = mod.app, mod.gpu_job
     client = redis.Redis.from_url(url)
     client.flushdb()
-    samples: dict[str, list[dict[str, Any]]] = {"ready": [], "queued": []}
+    samples: dict[str, list[dict[str, Any]]] = {"ready": [], "late": []}
     group = Hosts(side, hosts, url, log_dir, before)
     try:
         group.launch()
@@ -181,14 +215,18 @@ def run_side(
                 r.get(timeout=120)
             samples["ready"].append(measure(client, key, args.tasks, args.seconds, hosts))
         group.stop()
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if hosts > 1 else 0):
             client.flushdb()
             key = f"bench:hosts:{uuid.uuid4().hex[:8]}"
-            results = [task.delay(key, args.seconds) for _ in range(args.tasks)]
-            group.launch()
+            results = [task.delay(key, args.seconds) for _ in range(args.late_tasks)]
+            group.launch(slice(0, 1))
+            group.wait_ready(app, slice(0, 1), see_each_other=False)
+            group.launch(slice(1, None))
+            group.wait_ready(app, slice(1, None), see_each_other=False)
+            joined = time.time()
             for r in results:
                 r.get(timeout=180)
-            samples["queued"].append(measure(client, key, args.tasks, args.seconds, hosts))
+            samples["late"].append(measure_late(client, key, args.late_tasks, hosts, joined))
             group.stop()
     finally:
         group.stop()
@@ -197,11 +235,10 @@ def run_side(
         scenario: {
             "of_ideal_median": statistics.median(s["of_ideal"] for s in runs),
             "of_ideal_min": min(s["of_ideal"] for s in runs),
-            "makespan_median_s": statistics.median(s["makespan_s"] for s in runs),
-            "busy_after_start_median": statistics.median(s["busy_after_start"] for s in runs),
             "samples": runs,
         }
         for scenario, runs in samples.items()
+        if runs
     }
 
 
@@ -211,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hosts", default="1,2,3", help="host counts to run, comma-separated")
     parser.add_argument("--tasks", type=int, default=12)
+    parser.add_argument("--late-tasks", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sides", default="taskpool,plain", help="taskpool, before (needs --before), plain")
@@ -236,28 +274,35 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"redis://127.0.0.1:{server.port}/{db}"
                 results[f"{side}/{n}"] = run_side(side, n, url, args, logs, args.before)
                 r = results[f"{side}/{n}"]
+                late = r.get("late")
                 print(
                     f"{side:9} {n} host(s): ready {r['ready']['of_ideal_median']:.0%} "
-                    f"(min {r['ready']['of_ideal_min']:.0%}), queued {r['queued']['of_ideal_median']:.0%} "
-                    f"(min {r['queued']['of_ideal_min']:.0%}; busy after start "
-                    f"{r['queued']['busy_after_start_median']:.0%})",
+                    f"(min {r['ready']['of_ideal_min']:.0%})"
+                    + (
+                        f", late {late['of_ideal_median']:.0%} (min {late['of_ideal_min']:.0%})"
+                        if late
+                        else ""
+                    ),
                     flush=True,
                 )
     print()
     print(
-        "| side | hosts | ideal s | ready: of ideal (min) | queued: of ideal (min) "
-        "| queued: busy after start | per host, ready |"
+        "| side | hosts | ready: of ideal (min) | ready: per host "
+        "| late: of ideal (min) | late: per host after join |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | ---: | ---: | --- | ---: | --- |")
     for name, r in results.items():
         side, n = name.split("/")
-        ideal = args.tasks * args.seconds / int(n)
-        hosts_seen = r["ready"]["samples"][-1]["per_host"]
-        ready, queued = r["ready"], r["queued"]
+        ready, late = r["ready"], r.get("late")
         print(
-            f"| {side} | {n} | {ideal:.1f} | {ready['of_ideal_median']:.0%} ({ready['of_ideal_min']:.0%}) "
-            f"| {queued['of_ideal_median']:.0%} ({queued['of_ideal_min']:.0%}) "
-            f"| {queued['busy_after_start_median']:.0%} | {hosts_seen} |"
+            f"| {side} | {n} | {ready['of_ideal_median']:.0%} ({ready['of_ideal_min']:.0%}) "
+            f"| {ready['samples'][-1]['per_host']} "
+            + (
+                f"| {late['of_ideal_median']:.0%} ({late['of_ideal_min']:.0%}) "
+                f"| {late['samples'][-1]['per_host_after_join']} |"
+                if late
+                else "| | |"
+            )
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
