@@ -484,6 +484,10 @@ class Gate:
             return {}  # not polling its queues: a request handed back would not reach it
         with self._lock:
             counts = self._waiting_counts()
+        held: Counter[str] = Counter()
+        for leases in self.holdings.held().values():
+            for sem, lease in leases:
+                held[sem.name] += lease.count
         room = {}
         for name, task in list(tasks.items()):
             options: TaskOptions | None = getattr(task, "taskpool", None)
@@ -495,7 +499,7 @@ class Gate:
                 needs = self.holdings.needs(options)
             except ConfigurationError:
                 continue  # can never run here
-            if (n := room_for(needs, counts)) > 0:
+            if (n := room_for(needs, counts, held)) > 0:
                 room[name] = n
         return room
 
@@ -523,7 +527,7 @@ class Gate:
             board.publish(self._record(*mine[:2]))
             self._published, self._next_publish = mine, now + PUBLISH_EVERY
         surplus = self._surplus()
-        if (surplus and self.placement.peers()) or now >= self._next_read:
+        if surplus or now >= self._next_read:  # holding surplus: look for room every tick
             self.placement.update_peers(board.read())
             self._next_read = now + READ_PEERS_EVERY
         if not surplus:

@@ -14,10 +14,11 @@ The rule, per semaphore ``S`` a waiting request needs:
   in requests: one per GPU, per ``{hostname}`` slot, per ``max_in_flight``): enough to fill
   every slot of ``S`` the moment it frees, without a trip to Redis. Holding those is always
   useful. A request beyond them is *surplus*.
-- **Room.** A worker has room for a task when a request of it would be next in line (or start
-  at once): every semaphore it needs has fewer than :func:`bound` waiters. Each worker
-  publishes its room per task and the queues it consumes (every second, and within a tenth of
-  a second of a change).
+- **Room.** A worker has room for a task when a request of it would start at once or be next
+  in line: every semaphore it needs has fewer than :func:`bound` waiters (plus, for its own
+  GPUs and ``max_in_flight``, the slots it does not hold). Each worker publishes its room per
+  task and the queues it consumes (every second, and within a tenth of a second of a change),
+  and only while its prefetch window can take a message.
 - **Surplus goes where there is room.** A surplus request that arrives while another live
   worker on its queue has room for its task goes back to the head of its queue at once
   (:func:`taskpool.compat.kombu.requeue_at_head`: its order, retry count and body kept, moved
@@ -63,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from taskpool.core.limits import Need
+from taskpool.core.names import GPU, MAX_IN_FLIGHT
 
 T = TypeVar("T")
 
@@ -97,11 +99,30 @@ def is_surplus(needs: Sequence[Need], waiting: Mapping[str, int]) -> bool:
     return any(waiting.get(n.name, 0) >= bound(n) for n in needs)
 
 
-def room_for(needs: Sequence[Need], waiting: Mapping[str, int]) -> int:
-    """How many more requests with ``needs`` this worker would line up (0: none)."""
+#: Kinds of semaphore whose slots only this worker takes (its machine's GPUs, its own
+#: ``max_in_flight``): the slots it does not hold itself are free.
+LOCAL_KINDS = frozenset({GPU, MAX_IN_FLIGHT})
+
+
+def room_for(needs: Sequence[Need], waiting: Mapping[str, int], held: Mapping[str, int] | None = None) -> int:
+    """How many more requests with ``needs`` this worker would start or line up (0: none).
+
+    Args:
+        waiting: requests waiting here, per semaphore.
+        held: slots this worker holds, per semaphore; given, the free slots of a semaphore of
+            :data:`LOCAL_KINDS` count too (a request offered for them starts at once). The free
+            slots of a shared semaphore are not known here: they do not count.
+    """
     if not needs:
         return 0
-    return max(0, min(bound(n) - waiting.get(n.name, 0) for n in needs))
+
+    def room(n: Need) -> int:
+        free = 0
+        if held is not None and n.kind in LOCAL_KINDS:
+            free = max(0, n.capacity - held.get(n.name, 0)) // max(1, n.count)
+        return bound(n) - waiting.get(n.name, 0) + free
+
+    return max(0, min(room(n) for n in needs))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ def test_surplus_is_what_waits_beyond_the_line_of_each_semaphore() -> None:
     assert is_surplus([GPU], {"gpu:a": 1}) and not is_surplus([GPU], {})
     assert room_for([GPU2, CAP], {"task:t": 1}) == 1
     assert room_for([GPU], {"gpu:a": 3}) == 0 and room_for([], {}) == 0
+    # Its own GPUs' free slots count: a request offered for one starts at once.
+    assert room_for([GPU2], {}, {}) == 4 and room_for([GPU2], {"gpu:b": 1}, {"gpu:b": 2}) == 1
+    assert room_for([WIDE], {}, {"gpu:c": 2}) == 3
+    assert room_for([CAP], {}, {}) == 2  # a shared semaphore's free slots are not known here
 
 
 def peer(
@@ -199,7 +203,8 @@ def test_the_placement_tick_publishes_room_and_reoffers_surplus_to_a_peer_with_r
     h, requeue, board = spread_harness(t=task)
     h.gate.placement_tick()
     (record,) = board.published
-    assert record["room"] == {task.name: 1} and record["queues"] == ["q"] and record["node"] == "worker@test"
+    # Its slot is free: one request would start at once, one more line up.
+    assert record["room"] == {task.name: 2} and record["queues"] == ["q"] and record["node"] == "worker@test"
     requests = [h.request(task) for _ in range(4)]
     for r in requests:
         h.gate.admit(r)  # no peer yet: 1 runs, 3 wait here (1 next in line, 2 surplus)
@@ -224,7 +229,7 @@ def test_the_placement_tick_publishes_room_and_reoffers_surplus_to_a_peer_with_r
 def test_no_room_while_the_prefetch_window_is_full() -> None:
     task = fake_task(max_in_flight=1)
     h, _, _ = spread_harness(t=task)
-    assert h.gate.room() == {task.name: 1}
+    assert h.gate.room() == {task.name: 2}
     channel = SimpleNamespace(qos=SimpleNamespace(can_consume=lambda: False))
     h.consumer.task_consumer = SimpleNamespace(channel=channel)  # type: ignore[attr-defined]
     assert h.gate.room() == {}
