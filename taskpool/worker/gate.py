@@ -520,8 +520,9 @@ class Gate:
         now = time.monotonic()
         # A worker that just started a request it was offered may still have the same room (its
         # slot was free: it ran the request instead of lining it up); publishing at each admission
-        # tells the others at once, so they offer the next one.
-        mine = (self.room(), self._consumed_queues(), self.stats["admitted"])
+        # tells the others at once, so they offer the next one (when there are others).
+        admitted = self.stats["admitted"] if self.placement.peers() else 0
+        mine = (self.room(), self._consumed_queues(), admitted)
         if mine != self._published or now >= self._next_publish:
             self._seq += 1
             board.publish(self._record(*mine[:2]))
