@@ -70,6 +70,12 @@ def on_gpu_here(self: Any, key: str, seconds: float) -> dict[str, Any]:
     return record(key, seconds, host=socket.gethostname(), task=self.request.id)
 
 
+@app.task(pool="prefork", limits={"disk:{hostname}": 1}, bind=True)
+def on_disk_here(self: Any, key: str, seconds: float) -> dict[str, Any]:
+    """A limit per machine (``disk:<its hostname>``), recording where it ran."""
+    return record(key, seconds, host=socket.gethostname(), task=self.request.id)
+
+
 @app.task(pool="prefork", gpu_slots=1)
 def on_gpu_slow_once(key: str, seconds: float) -> dict[str, Any]:
     """Takes ``seconds`` on its first attempt and returns at once when redelivered."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from taskpool.stores.limits import LimitStore
 from tests.conftest import Worker, taskpool_cli, wait_for
 
 pytestmark = [
@@ -169,6 +170,30 @@ def test_a_gpu_host_that_joins_later_gets_a_share_of_the_backlog(lim: Any, start
     # Of what was left, the second host runs about half: at least a third of what hostc had not started.
     assert per_host.get("hostd", 0) >= (left - 2) // 3, (left, per_host)
     assert gate_stats(lim, a)["reoffered"] >= (left - 2) // 3
+
+
+def test_a_hostname_limit_backlog_spreads_to_a_host_that_joins_later(lim: Any, start_host: Any) -> None:
+    """``limits={"disk:{hostname}": 1}``, size 1 on each host, on the pool's shared queue: the
+    second host, joining later, runs its share, and each host one at a time."""
+    store = LimitStore(lim.app.redis, lim.app.settings.keyspace)
+    for machine in ("hostg", "hosth"):
+        store.set(f"disk:{machine}", 1)
+    a = start_host("hostg", 3)
+    b = start_host("hosth", 3)
+    queue = lim.app.settings.queue_for("prefork")
+    join_later(lim, b, queue)
+    key = f"hosts-disk-{os.urandom(3).hex()}"
+    results = [lim.on_disk_here.delay(key, 0.5) for _ in range(14)]
+    wait_for(lambda: gate_stats(lim, a).get("waited", 0) >= 10, 30, what="hostg to hold the backlog")
+    rejoin(lim, b, queue)
+    left = 14 - lim.app.redis.llen(key)
+    for r in results:
+        r.get(timeout=90)
+    entries = records(lim, key, 14)
+    assert_ran_once_each(entries, 14)
+    assert_one_at_a_time_per_host(entries)
+    per_host = {h: len(runs) for h, runs in by(entries, "host").items()}
+    assert per_host.get("hosth", 0) >= (left - 2) // 3, (left, per_host)
 
 
 def test_cluster_max_in_flight_backlog_spreads_to_a_worker_that_joins_later(
