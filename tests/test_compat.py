@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -72,18 +74,28 @@ def test_autoscale_billiard_pool_lists_its_processes_in__pool() -> None:
     assert child_pids(object()) == [] and child_pids(None) == []
 
 
-def test_autoscale_billiard_shrink_refuses_busy_processes_with_value_error() -> None:
+def _wait_for_file(path: str) -> None:
+    """A job for a billiard child: runs until ``path`` exists (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_autoscale_billiard_shrink_refuses_busy_processes_with_value_error(tmp_path: Path) -> None:
     from billiard.pool import Pool
 
+    release = tmp_path / "release"
     pool = Pool(processes=1)
     try:
-        result = pool.apply_async(time.sleep, (1,))
-        wait_for(lambda: pool._cache and any(j.worker_pids() for j in pool._cache.values()), timeout=10)
+        result = pool.apply_async(_wait_for_file, (str(release),))
+        wait_for(lambda: any(j.worker_pids() for j in list(pool._cache.values())), timeout=10)
         with pytest.raises(ValueError, match="All processes busy"):
             pool.shrink(1)  # the autoscaler shrinks one at a time and stops at this error
         assert pool._processes == 1
+        release.touch()
         result.get(timeout=10)
     finally:
+        release.touch()
         pool.terminate()
 
 
