@@ -9,6 +9,21 @@ maintenance tick, up to 5 s later. Until then the killed task's GPU slots and li
 and nothing is redelivered. This pool retries the reap a few times over about a second, so the
 child is joined within milliseconds of its death.
 
+It also fixes two ways Celery 5.7's warm shutdown waits on a child (plain Celery has both):
+
+- The worker closes the pool before the consumer stops, and the consumer's stop calls
+  ``flush()``, which finishes a job message it started writing to a child only while the pool
+  is running. A message larger than the pipe's buffer (64 KiB; a batch of inputs) that was half
+  written was dropped, then the pool's join wrote the stop sentinel after the half message: the
+  child waited for the rest of it for ever, and so did the worker.
+- ``flush()`` forgets every job whose ACK the main process has not read yet, including jobs the
+  child already has and runs. The join then stops reading the children's results once no job is
+  left, and a child waits up to 30 s (billiard's ``_ensure_messages_consumed``) for its last
+  result to be read before it exits; the task's message, never acked, ran again later.
+
+``flush()`` here finishes the writes it started and keeps the jobs a live child received, so
+their results are read, acked and stored as usual and the children exit at once.
+
 ``configure_worker`` in :mod:`taskpool.autoscale` swaps it in for Celery's prefork pool.
 """
 
@@ -16,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billiard.pool import RUN
+from billiard.pool import RUN, TERMINATE
 from celery.concurrency import asynpool, prefork
 from celery.utils.log import get_logger
 
@@ -47,6 +62,29 @@ class AsynPool(asynpool.AsynPool):
                 self._reap_later(hub, proc, delay * 2)  # else Celery's 5 s maintenance tick finds it
 
         hub.call_later(delay, again)
+
+    def flush(self) -> None:
+        # Read from celery/concurrency/asynpool.py 5.7 (AsynPool.flush, _flush_writer, job._writer,
+        # job._write_to, _busy_workers): private, check them when Celery changes.
+        if self._state == TERMINATE:
+            super().flush()
+            return
+        handed = [
+            job
+            for job in self._cache.values()
+            if not job._accepted and job._write_to is not None and job._write_to._is_alive()
+        ]
+        if self._state != RUN:  # closed first: Celery's flush would drop the half-written messages
+            for job in handed:
+                writer = asynpool._get_job_writer(job)
+                if writer is not None and writer in self._active_writers:
+                    self._flush_writer(job._write_to, writer)
+        super().flush()
+        for job in handed:
+            proc = job._write_to
+            if proc._is_alive():  # it has the whole message: it runs the job, we read the result
+                self._cache.setdefault(job._job, job)
+                self._busy_workers.add(proc.inqW_fd)
 
 
 class TaskPool(prefork.TaskPool):
