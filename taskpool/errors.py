@@ -72,6 +72,7 @@ ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
     DeadLetterNotFound,
     EmbeddedRedisError,
     SlotTimeout,
+    ResultBackendUnreachable,
     LeaseLost,
     QueueFull,
     BatchError,
