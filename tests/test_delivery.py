@@ -96,6 +96,11 @@ def test_whole_worker_sigkill_task_comes_back_after_visibility_timeout(
         rescuer.stop()
 
 
+def unacked(r: Any, task_id: str) -> bool:
+    """Whether the task's message waits in kombu's unacked hash (delivered, not acked yet)."""
+    return any(task_id.encode() in v for v in r.hvals("unacked"))
+
+
 def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
@@ -142,8 +147,12 @@ def test_warm_shutdown_runs_and_acks_the_job_a_stalled_child_was_handed(
     assert proc is not None
     try:
         # One job first: the pool process is up (Celery kills one that is not within 4 s) and idle.
-        assert tp_app.sized.apply_async((f"{key}-first", ""), queue=queue).get(timeout=60) == 0
+        first = tp_app.sized.apply_async((f"{key}-first", ""), queue=queue)
+        assert first.get(timeout=60) == 0
         child = int(r.lindex(f"{key}-first:pids", 0))
+        # Its result is stored before the main process reads the child's READY; the ack comes after
+        # it. Until then the main process counts the child busy and would not write it the next job.
+        wait_for(lambda: not unacked(r, first.id), 30, what="the first job's ack")
         os.kill(child, signal.SIGSTOP)
         try:
             wait_for(lambda: process_state(child) == "T", 10, what="the pool process to stop")
@@ -168,4 +177,4 @@ def test_warm_shutdown_runs_and_acks_the_job_a_stalled_child_was_handed(
     assert result.get(timeout=10) == size
     # Acked: not back on the queue, not waiting in the unacked hash for its visibility timeout.
     assert sum(r.llen(k) for k in redis_queue_keys(queue)) == 0
-    assert not [v for v in r.hvals("unacked") if result.id.encode() in v]
+    assert not unacked(r, result.id)
