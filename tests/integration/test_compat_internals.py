@@ -278,6 +278,28 @@ def test_in_pool_and_pool_running() -> None:
     assert not compat_billiard.pool_running(pool), update("billiard.pool_running")
 
 
+def test_keep_handed_jobs_on_flush() -> None:
+    """The AsynPool internals KeepHandedJobsOnFlush reads (the flush itself runs in
+    tests/integration/test_delivery.py's warm-shutdown tests, through real workers)."""
+    fn = "celery.KeepHandedJobsOnFlush"
+    import billiard.pool
+    from celery.concurrency import asynpool
+
+    assert hasattr(billiard.pool, "RUN") and hasattr(billiard.pool, "TERMINATE"), update(fn)
+    assert callable(getattr(asynpool, "_get_job_writer", None)), update(fn)
+    assert list(inspect.signature(asynpool.AsynPool._flush_writer).parameters)[:3] == [
+        "self",
+        "proc",
+        "writer",
+    ], update(fn)
+    init = inspect.getsource(asynpool.AsynPool.__init__)
+    assert "self._busy_workers" in init and "self._active_writers" in init, update(fn)
+    result_init = inspect.getsource(billiard.pool.ApplyResult.__init__)
+    assert all(f"self.{name}" in result_init for name in ("_accepted", "_job")), update(fn)
+    assert "job._write_to = " in inspect.getsource(asynpool), update(fn)  # the child it went to
+    assert issubclass(compat_celery.KeepHandedJobsOnFlush, object)
+
+
 # -- every compat function is checked -------------------------------------------------------
 def test_every_compat_function_has_a_check() -> None:
     """A new function in taskpool/compat/ comes with a check of its internal, here or in

@@ -14,7 +14,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def modules() -> dict[str, tuple[Path, bool]]:
     """Every module of taskpool: dotted name -> (file, is a package's __init__)."""
     found = {}
