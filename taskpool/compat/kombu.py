@@ -276,8 +276,8 @@ def install_qos_hooks(consumer: Any, hooks: Any) -> Any:
 
     Must run before the channel's first delivery (a consumer bootstep's ``start``, after
     Celery's ``Tasks`` step and before the event loop). Internal (kombu 5.7.0): the virtual
-    channel keeps its ``QoS`` instance in the cached property ``qos`` (created by Celery's
-    ``basic_qos``); its class is swapped in place, so the prefetch count and the (empty)
+    channel keeps its ``QoS`` instance in ``_qos``, made by its property ``qos`` on first use
+    (Celery's ``basic_qos``); its class is swapped in place, so the prefetch count and the (empty)
     delivered map stay.
 
     Returns:

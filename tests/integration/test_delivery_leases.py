@@ -69,6 +69,39 @@ def starts(dlv: Any, key: str) -> list[dict[str, Any]]:
     return [r for r in runs(dlv, key) if r["event"] == "start"]
 
 
+def test_late_ack_of_a_taken_over_delivery_keeps_the_next_workers_delivery(redis_client: Any) -> None:
+    """The trap of an ack after a restore: the message keeps its delivery tag, so the first
+    worker's late ack (it was presumed dead, not dead) must not drop the next worker's delivery."""
+    from taskpool.stores.deliveries import DeliveryLeases
+
+    space = f"trap{os.urandom(3).hex()}"
+    a, b = (
+        DeliveryLeases(redis_client, keyspace=space, owner=o, unacked=(f"{space}:u", f"{space}:ui"))
+        for o in "ab"
+    )
+    tag = "tag-1"
+
+    def deliver(leases: DeliveryLeases, at: float) -> None:
+        redis_client.zadd(leases.index_key, {tag: at})
+        redis_client.hset(leases.unacked_key, tag, "[message]")
+        redis_client.hset(leases.owners_key, tag, leases.owner)
+
+    deliver(a, time.time() - 100)  # a stopped vouching for it 100 s ago
+    redis_client.zadd(a.index_key, {"plain-celery": time.time() - 100})  # no owner: plain Celery's
+    redis_client.hset(a.unacked_key, "plain-celery", "[message]")
+    assert a.refresh([]) == {}
+    assert b.claim(ttl=30) == [(tag, "a")]  # b takes it over...
+    assert b.claim(ttl=30) == []  # ...once; plain Celery's is left to the visibility timeout
+    redis_client.hdel(a.unacked_key, tag)  # b restored it (kombu's restore_by_tag)
+    assert b.forget(tag) and b.holder(tag) is None
+    deliver(b, time.time())  # and it was delivered again, to b
+    assert a.refresh([tag]) == {tag: "b"}  # a learns it is not its own any more
+    assert not a.ack(tag)  # a's late ack removes nothing
+    assert redis_client.hexists(b.unacked_key, tag) and b.holder(tag) == "b"
+    assert b.ack(tag) and not redis_client.hexists(b.unacked_key, tag)
+    redis_client.delete(a.unacked_key, a.index_key, a.owners_key)
+
+
 def test_dead_workers_messages_run_again_within_the_lease_ttl_exactly_once(
     dlv: Any, start_worker: Any
 ) -> None:
