@@ -33,7 +33,7 @@ from taskpool.core.settings import (
 from taskpool.ops.stack import redis_reachable, worker_argv
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.queues import queue_depth
-from taskpool.stores.semaphores import holders_of, semaphore_names
+from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names
 
 console = Console()
 DEFAULT_APP = "workers"
@@ -478,7 +478,9 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     sems = Table(_id_column("semaphore"), "size", "in use", "holders")
     sems.title = "slots and limits"
     in_redis = semaphore_names(app.redis, app.settings.keyspace)
+    freed: list[tuple[str, HolderInfo]] = []
     for name in in_redis:
+        freed += [(name, h) for h in reap_expired(app.redis, name, app.settings.keyspace)]
         held = holders_of(app.redis, name, app.settings.keyspace)
         kind, rest = names.kind_of(name)
         size = sizes.get(rest) if kind == names.LIMIT else None
@@ -487,6 +489,8 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
         if names.limit_semaphore(limit) not in in_redis:
             sems.add_row(names.limit_semaphore(limit), str(size), "0", "")
     show(sems)
+    for name, h in freed:
+        console.print(f"{name}: slot {h.slot} {_dead_holder(h)}", soft_wrap=True)
     console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
 
 
@@ -651,17 +655,23 @@ def slots(app_path: str) -> None:
         "fence",
     )
     for name in semaphore_names(app.redis, app.settings.keyspace):
-        for h in holders_of(app.redis, name, app.settings.keyspace):
+        # Leases of dead workers are freed here, by the reader, and shown once as such.
+        reaped = reap_expired(app.redis, name, app.settings.keyspace)
+        for h in sorted(reaped + holders_of(app.redis, name, app.settings.keyspace), key=lambda h: h.slot):
             table.add_row(
                 name,
                 str(h.slot),
                 h.owner,
                 h.task_id or "",
                 _clock(h.since),
-                _clock(h.expires_at) + (" (expired)" if h.expired else ""),
+                _dead_holder(h) if h.expired else _clock(h.expires_at),
                 str(h.fence),
             )
     show(table)
+
+
+def _dead_holder(h: HolderInfo) -> str:
+    return f"held by a worker whose lease expired at {_clock(h.expires_at)}: freed now"
 
 
 def _clock(epoch: float) -> str:
