@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -159,3 +160,30 @@ def test_requeued_task_of_a_killed_child_runs_next_not_behind_the_backlog(
         r.get(timeout=60)
     order = [x.decode() for x in dlv.app.redis.lrange(f"{key}:order", 0, -1)]
     assert order == ["die_once", "die_once", "m0", "m1", "m2", "m3", "m4"]
+
+
+def test_sigterm_to_the_whole_process_group_lets_running_tasks_finish(dlv: Any, start_worker: Any) -> None:
+    """systemd's default KillMode sends SIGTERM to every process of the worker: the pool
+    processes finish their tasks (warm shutdown), none runs again."""
+    key = f"term-{os.urandom(3).hex()}"
+    worker = start_worker("prefork", "termgroup", 2)
+    results = [dlv.hold.delay(key, 4.0, 0.0) for _ in range(2)]
+    wait_for(lambda: len(starts(dlv, key)) == 2, 30, what="both tasks to start")
+    assert worker.process is not None
+    os.killpg(worker.pid, signal.SIGTERM)  # the worker has its own process group (launcher)
+    assert worker.process.wait(60) == 0
+    assert [r.get(timeout=10) for r in results] == [1, 1]
+    ends = [r for r in runs(dlv, key) if r["event"] == "end"]
+    assert len(ends) == 2 and len(starts(dlv, key)) == 2
+    assert "SIGTERM during a warm shutdown: this pool process finishes its task" in worker.log()
+
+
+def test_revoke_with_terminate_still_stops_a_running_task(dlv: Any, start_worker: Any) -> None:
+    """Outside a warm shutdown a pool process obeys SIGTERM (after up to sigterm.TERM_GRACE)."""
+    key = f"revoke-{os.urandom(3).hex()}"
+    start_worker("prefork", "revoker", 1)
+    result = dlv.hold.delay(key, 60.0, 60.0)
+    wait_for(lambda: len(starts(dlv, key)) == 1, 30, what="the task to start")
+    result.revoke(terminate=True)
+    wait_for(lambda: result.state == "REVOKED", 30, what="the task to be revoked")
+    assert not [r for r in runs(dlv, key) if r["event"] == "end"]

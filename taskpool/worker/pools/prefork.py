@@ -21,6 +21,7 @@ from celery.concurrency import asynpool, prefork
 from celery.utils.log import get_logger
 
 from taskpool.compat.billiard import ProcessExitHook, in_pool, pool_running
+from taskpool.worker.pools import sigterm
 
 __all__ = ["TaskPool"]
 
@@ -61,3 +62,7 @@ class TaskPool(prefork.TaskPool):
 
     taskpool_pool = "prefork"
     Pool = AsynPool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sigterm.install()  # before the pool forks: a group SIGTERM lets running tasks finish
