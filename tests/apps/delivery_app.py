@@ -43,11 +43,6 @@ def hold(key: str, first: float, then: float = 0.0) -> int:
     return int(starts)
 
 
-@app.task(pool="threads")
-def hold_threads(key: str, first: float, then: float = 0.0) -> int:
-    return int(hold.run(key, first, then))
-
-
 @app.task(pool="prefork")
 def mark(key: str, label: str) -> str:
     app.redis.rpush(f"{key}:order", label)
