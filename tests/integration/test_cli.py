@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +57,20 @@ def test_unreachable_broker_is_one_line_with_the_password_masked(command: tuple[
     assert "Check that Redis runs there" in lines[0]
     assert PASSWORD not in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("module", ["taskpool.cli", "taskpool.ops.cli"])
+def test_python_m_runs_the_command_under_its_old_and_new_paths(module: str) -> None:
+    """``taskpool.cli`` moved to the package ``taskpool.ops.cli``: ``python -m`` still runs it."""
+
+    def run(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", name, "dead", "--help"], capture_output=True, text=True, timeout=60
+        )
+
+    done, expected = run(module), run("taskpool")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected.stdout and done.stdout.startswith("Usage: taskpool dead [OPTIONS]")
 
 
 def test_debug_shows_the_traceback() -> None:

@@ -77,12 +77,13 @@ def test_autoscale_billiard_shrink_refuses_busy_processes_with_value_error() -> 
 
     pool = Pool(processes=1)
     try:
-        result = pool.apply_async(time.sleep, (1,))
-        wait_for(lambda: pool._cache and any(j.worker_pids() for j in pool._cache.values()), timeout=10)
+        # Long enough to be still running when a loaded machine gets round to looking at it
+        # (the pool is terminated below, not waited for).
+        pool.apply_async(time.sleep, (60,))
+        wait_for(lambda: pool._cache and any(j.worker_pids() for j in pool._cache.values()), timeout=30)
         with pytest.raises(ValueError, match="All processes busy"):
             pool.shrink(1)  # the autoscaler shrinks one at a time and stops at this error
         assert pool._processes == 1
-        result.get(timeout=10)
     finally:
         pool.terminate()
 
