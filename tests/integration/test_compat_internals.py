@@ -252,6 +252,80 @@ def test_shorten_polls_without_credit(connection: kombu.Connection, queue_name: 
     got[0].ack()
 
 
+class RecordingHooks:
+    """What install_qos_hooks calls, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def appended(self, pipe: Any, tag: str) -> None:
+        pipe.hset("compat:owners", tag, "me")
+        self.calls.append(("appended", tag))
+
+    def ack(self, tag: str) -> None:
+        self.calls.append(("ack", tag))
+
+    def requeue(self, qos: Any, tag: str) -> None:
+        self.calls.append(("requeue", tag))
+        qos.restore_by_tag(tag, leftmost=False)
+
+    def restored(self, tag: str) -> None:
+        self.calls.append(("restored", tag))
+
+
+def test_install_qos_hooks_hooked_qos_class_and_unacked_keys(
+    connection: kombu.Connection, queue_name: str
+) -> None:
+    fn = "kombu.install_qos_hooks"
+    qos_cls = kombu_redis.QoS
+    append = inspect.getsource(qos_cls.append)
+    # hooked_qos_class copies kombu's append (ZADD of the index with the time, HSET of the hash).
+    assert "zadd(self.unacked_index_key" in append and "hset(self.unacked_key" in append, update(
+        "kombu.hooked_qos_class"
+    )
+    assert "dumps([message._raw, EX, RK])" in append, update("kombu.hooked_qos_class")
+    # Why requeue is replaced: kombu requeues with an LPUSH, the tail of a queue BRPOP reads from the right.
+    assert "restore_by_tag(delivery_tag, leftmost=True)" in inspect.getsource(qos_cls.reject), update(
+        "kombu.hooked_qos_class"
+    )
+    assert "lpush if leftmost else pipe.rpush" in inspect.getsource(kombu_redis.Channel._do_restore_message)
+    # The channel keeps one QoS instance, made on first use (Celery's basic_qos, before any delivery).
+    assert "self._qos = self.QoS(self)" in inspect.getsource(virtual.Channel.qos.fget), update(fn)
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    got: list[Any] = []
+    consumer = consumer_of(connection, queue, callbacks=[lambda body, message: got.append(message)])
+    consumer.task_consumer.qos(prefetch_count=5)
+    hooks = RecordingHooks()
+    channel = compat_kombu.install_qos_hooks(consumer, hooks)
+    assert channel is connection.default_channel and channel.qos.prefetch_count == 5, update(fn)
+    assert compat_kombu.unacked_keys(channel) == ("unacked", "unacked_index"), update("kombu.unacked_keys")
+    client = channel.client
+    with connection.Producer() as producer:
+        for n in range(3):
+            producer.publish({"n": n}, routing_key=queue_name, declare=[queue])
+    for _ in range(3):
+        connection.drain_events(timeout=5)
+    first, second, third = got
+    tags = [m.delivery_tag for m in got]
+    assert [c for c in hooks.calls] == [("appended", t) for t in tags], update(fn)
+    assert all(client.hexists("unacked", t) and client.zscore("unacked_index", t) for t in tags), update(fn)
+    assert client.hget("compat:owners", first.delivery_tag) == b"me", update(fn)
+    first.ack()
+    assert hooks.calls[-1] == ("ack", first.delivery_tag), update(fn)
+    assert not channel.qos._delivered.get(first.delivery_tag) or first.delivery_tag in channel.qos._dirty
+    with connection.Producer() as producer:
+        producer.publish({"n": "later"}, routing_key=queue_name, declare=[queue])
+    second.reject(requeue=True)
+    assert hooks.calls[-2:] == [("requeue", second.delivery_tag), ("restored", second.delivery_tag)], update(
+        fn
+    )
+    # At the head: the next read (BRPOP takes from the right) is the requeued message, not "later".
+    assert json.loads(client.lindex(queue_name, -1))["properties"]["delivery_tag"] == second.delivery_tag
+    third.reject(requeue=False)
+    assert hooks.calls[-1] == ("ack", third.delivery_tag), update(fn)
+    client.delete("compat:owners")
+
+
 # -- billiard -----------------------------------------------------------------------------
 def test_process_exit_hook() -> None:
     fn = "billiard.ProcessExitHook"

@@ -11,7 +11,7 @@ from taskpool.core import names
 from taskpool.core.errors import TaskpoolError
 from taskpool.ops.cli.common import app_option, console, id_column, load_app, show
 from taskpool.stores.limits import LimitStore
-from taskpool.stores.semaphores import holders_of, semaphore_names
+from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names
 
 
 @click.group()
@@ -76,17 +76,24 @@ def slots(app_path: str) -> None:
         "fence",
     )
     for name in semaphore_names(app.redis, app.settings.keyspace):
-        for h in holders_of(app.redis, name, app.settings.keyspace):
+        # Leases of dead workers are freed here, by the reader, and shown once as such.
+        reaped = reap_expired(app.redis, name, app.settings.keyspace)
+        for h in sorted(reaped + holders_of(app.redis, name, app.settings.keyspace), key=lambda h: h.slot):
             table.add_row(
                 name,
                 str(h.slot),
                 h.owner,
                 h.task_id or "",
                 _clock(h.since),
-                _clock(h.expires_at) + (" (expired)" if h.expired else ""),
+                dead_holder(h) if h.expired else _clock(h.expires_at),
                 str(h.fence),
             )
     show(table)
+
+
+def dead_holder(h: HolderInfo) -> str:
+    """How a slot freed from a dead worker's expired lease is shown (``slots``, ``status``)."""
+    return f"held by a worker whose lease expired at {_clock(h.expires_at)}: freed now"
 
 
 def _clock(epoch: float) -> str:

@@ -8,9 +8,10 @@ from rich.table import Table
 from taskpool.core import names
 from taskpool.core.settings import POOLS, env_app_path
 from taskpool.ops.cli.common import app_option, console, id_column, load_app, safe, show
+from taskpool.ops.cli.limits import dead_holder
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.queues import queue_depth
-from taskpool.stores.semaphores import holders_of, semaphore_names
+from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names
 
 
 @click.command()
@@ -89,7 +90,9 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     sems = Table(id_column("semaphore"), "size", "in use", "holders")
     sems.title = "slots and limits"
     in_redis = semaphore_names(app.redis, app.settings.keyspace)
+    freed: list[tuple[str, HolderInfo]] = []
     for name in in_redis:
+        freed += [(name, h) for h in reap_expired(app.redis, name, app.settings.keyspace)]
         held = holders_of(app.redis, name, app.settings.keyspace)
         kind, rest = names.kind_of(name)
         size = sizes.get(rest) if kind == names.LIMIT else None
@@ -98,6 +101,8 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
         if names.limit_semaphore(limit) not in in_redis:
             sems.add_row(names.limit_semaphore(limit), str(size), "0", "")
     show(sems)
+    for name, h in freed:
+        console.print(f"{name}: slot {h.slot} {dead_holder(h)}", soft_wrap=True)
     console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
 
 

@@ -38,6 +38,7 @@ from celery.utils.log import get_logger
 
 from taskpool.compat.billiard import ProcessExitHook, in_pool, pool_running
 from taskpool.compat.celery import KeepHandedJobsOnFlush
+from taskpool.worker.pools import sigterm
 
 __all__ = ["TaskPool"]
 
@@ -78,3 +79,7 @@ class TaskPool(prefork.TaskPool):
 
     taskpool_pool = "prefork"
     Pool = AsynPool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sigterm.install()  # before the pool forks: a group SIGTERM lets running tasks finish
