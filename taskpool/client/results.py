@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery.backends.redis import RedisBackend
 from celery.backends.redis import ResultConsumer as RedisResultConsumer
 
 from taskpool.core.errors import ResultBackendUnreachable
+from taskpool.core.settings import mask_url
 
 
 def marker(field: str, size: int, limit: int) -> str:
@@ -58,10 +60,6 @@ class BoundedArgs:
 
 def unreachable_backend_message(url: str | None, exc: BaseException, retries: object) -> str:
     """One line: what failed, where (password masked), what to check."""
-    from urllib.parse import urlsplit
-
-    from taskpool.core.settings import mask_url
-
     detail = " ".join(str(exc).split()) or type(exc).__name__
     password = urlsplit(url).password if url else None
     if password:

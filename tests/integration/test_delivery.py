@@ -139,7 +139,7 @@ def test_warm_shutdown_runs_and_acks_the_job_a_stalled_child_was_handed(
     r = app.redis
     key = f"stalled-{os.urandom(4).hex()}"
     worker = Worker(
-        "tests.app", "prefork", redis_url, tmp_path, concurrency=1, name=f"stall{size}",
+        "tests.apps.app", "prefork", redis_url, tmp_path, concurrency=1, name=f"stall{size}",
         extra_args=("-l", "DEBUG"), env={"TASKPOOL_QUEUE_PREFIX": prefix},
     ).start(app)  # fmt: skip
     proc = worker.process
