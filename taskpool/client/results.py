@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from celery.backends.redis import RedisBackend
 from celery.backends.redis import ResultConsumer as RedisResultConsumer
 
+from taskpool.compat.celery import ReconnectFailureHook
 from taskpool.core.errors import ResultBackendUnreachable
 from taskpool.core.settings import mask_url
 
@@ -72,18 +73,13 @@ def unreachable_backend_message(url: str | None, exc: BaseException, retries: ob
     )
 
 
-class ResultConsumer(RedisResultConsumer):
+class ResultConsumer(ReconnectFailureHook, RedisResultConsumer):
     """Celery's Redis result consumer; giving up on an unreachable Redis says so in one line."""
 
-    def _reconnect(self) -> None:
-        # Celery calls this only after a connection error (its `reconnect_on_error`), and turns a
-        # connection error raised here into its RuntimeError: raise ours, which it lets through.
-        try:
-            super()._reconnect()
-        except self._connection_errors as exc:
-            backend = self.backend
-            retries = backend.retry_policy.get("max_retries")
-            raise ResultBackendUnreachable(unreachable_backend_message(backend.url, exc, retries)) from exc
+    def on_reconnect_failed(self, exc: BaseException) -> None:
+        backend = self.backend
+        retries = backend.retry_policy.get("max_retries")
+        raise ResultBackendUnreachable(unreachable_backend_message(backend.url, exc, retries)) from exc
 
 
 class BoundedRedisBackend(BoundedArgs, RedisBackend):

@@ -214,3 +214,29 @@ class KeepHandedJobsOnFlush:
             if proc._is_alive():  # it has the whole message: it runs the job, we read the result
                 self._cache.setdefault(job._job, job)
                 self._busy_workers.add(proc.inqW_fd)
+
+
+# == the client's Redis result consumer: giving up on an unreachable Redis =======================
+
+
+class ReconnectFailureHook:
+    """Mixin for ``celery.backends.redis.ResultConsumer``: :meth:`on_reconnect_failed` is called
+    with the connection error when Celery's reconnect gives up (it may raise its own error).
+
+    Internals of ``ResultConsumer`` (Celery 5.7.0): ``_reconnect()`` (retries ``_reconnect_pubsub``
+    under the backend's retry policy) and ``_connection_errors``; ``reconnect_on_error()`` calls
+    ``_reconnect`` after a connection error and turns a connection error it raises into
+    ``RuntimeError("Retry limit exceeded ...")``, letting any other exception through.
+    """
+
+    _connection_errors: Any
+
+    def _reconnect(self) -> None:
+        try:
+            super()._reconnect()  # type: ignore[misc]
+        except self._connection_errors as exc:
+            self.on_reconnect_failed(exc)
+            raise
+
+    def on_reconnect_failed(self, exc: BaseException) -> None:
+        """Called when reconnecting failed for good; raise to replace Celery's RuntimeError."""

@@ -374,6 +374,17 @@ def test_keep_handed_jobs_on_flush() -> None:
     assert issubclass(compat_celery.KeepHandedJobsOnFlush, object)
 
 
+def test_reconnect_failure_hook() -> None:
+    """The result consumer internals ReconnectFailureHook wraps (the hook itself runs in
+    tests/integration/test_cli.py's unreachable-Redis client test)."""
+    fn = "celery.ReconnectFailureHook"
+    from celery.backends.redis import ResultConsumer
+
+    assert callable(getattr(ResultConsumer, "_reconnect", None)), update(fn)
+    source = inspect.getsource(ResultConsumer.reconnect_on_error)
+    assert "self._reconnect()" in source and "self._connection_errors" in source, update(fn)
+
+
 # -- every compat function is checked -------------------------------------------------------
 def test_every_compat_function_has_a_check() -> None:
     """A new function in taskpool/compat/ comes with a check of its internal, here or in
