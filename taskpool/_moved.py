@@ -92,7 +92,12 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__doc__ = f"Moved to {', '.join(targets)}."
 
     def get_code(self, fullname: str) -> Any:
-        """``python -m <old path>`` runs the module's new home."""
+        """``python -m <old path>`` runs the module's new home.
+
+        An old path whose new home is a package (``taskpool.cli`` -> ``taskpool.ops.cli``) never
+        comes here: its spec is a package's, so runpy runs ``<old path>.__main__``, which the
+        import system finds through the new package's ``__path__`` (``taskpool/ops/cli/__main__.py``).
+        """
         spec = importlib.util.find_spec(MOVED[fullname][0])
         if spec is None or not isinstance(spec.loader, importlib.abc.InspectLoader):
             return None

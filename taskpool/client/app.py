@@ -42,6 +42,7 @@ STRATEGY = "taskpool.worker.strategy:strategy"
 CONSUMER_STEPS = (
     "taskpool.worker.admission:AdmissionStep",  # creates and owns the admission gate
     "taskpool.worker.batching:BatchingStep",  # owns the batchers
+    "taskpool.worker.delivery:DeliveryStep",  # delivery leases: live workers' messages stay theirs
     "taskpool.worker.malformed:MessageGuard",  # a malformed message is a dead letter, not a crash
     "taskpool.worker.tuning:GreenCreditStep",  # gevent: a full prefetch window never stalls
     "taskpool.worker.stats:StatsStep",  # `taskpool` in inspect stats (Flower's worker page)

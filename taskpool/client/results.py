@@ -5,14 +5,25 @@ result, which for a 10 MB argument means a 10 MB result key kept for ``result_ex
 marker string when their JSON form is longer than ``TASKPOOL_RESULT_ARGS_MAX_SIZE`` (0: keep
 them whatever their size). The task itself still gets its arguments; only the copy in the
 result is left out.
+
+Its result consumer (what a client's ``.delay()`` and ``.get()`` use) gives up on an unreachable
+Redis with :class:`~taskpool.core.errors.ResultBackendUnreachable`: one line naming the backend's URL
+(password masked) and what to check, instead of Celery's "Retry limit exceeded while trying to
+reconnect to the Celery result store backend".
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery.backends.redis import RedisBackend
+from celery.backends.redis import ResultConsumer as RedisResultConsumer
+
+from taskpool.compat.celery import ReconnectFailureHook
+from taskpool.core.errors import ResultBackendUnreachable
+from taskpool.core.settings import mask_url
 
 
 def marker(field: str, size: int, limit: int) -> str:
@@ -48,8 +59,34 @@ class BoundedArgs:
         return meta
 
 
+def unreachable_backend_message(url: str | None, exc: BaseException, retries: object) -> str:
+    """One line: what failed, where (password masked), what to check."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    password = urlsplit(url).password if url else None
+    if password:
+        detail = detail.replace(password, "**")
+    where = f"Redis at {mask_url(url)}" if url else "Redis"
+    return (
+        f"cannot reach the result backend, {where} ({detail}); gave up after {retries} retries. "
+        "Check that Redis runs there and that TASKPOOL_RESULT_BACKEND (else TASKPOOL_BROKER_URL, "
+        "else the app's result_backend) names it."
+    )
+
+
+class ResultConsumer(ReconnectFailureHook, RedisResultConsumer):
+    """Celery's Redis result consumer; giving up on an unreachable Redis says so in one line."""
+
+    def on_reconnect_failed(self, exc: BaseException) -> None:
+        backend = self.backend
+        retries = backend.retry_policy.get("max_retries")
+        raise ResultBackendUnreachable(unreachable_backend_message(backend.url, exc, retries)) from exc
+
+
 class BoundedRedisBackend(BoundedArgs, RedisBackend):
-    """Celery's Redis result backend, without large args and kwargs in results."""
+    """Celery's Redis result backend, without large args and kwargs in results, whose client
+    side names an unreachable Redis in one line."""
+
+    ResultConsumer = ResultConsumer
 
 
 def bounded(backend_cls: type) -> type:

@@ -167,3 +167,76 @@ def update_prefetch_count(consumer: Any, delta: int) -> None:
 
 
 # -- end of autoscale ------------------------------------------------------------------------------
+
+
+# == the prefork pool's warm shutdown: jobs a child already has =================================
+
+
+class KeepHandedJobsOnFlush:
+    """Mixin for Celery's ``AsynPool``: ``flush()`` at warm shutdown finishes the job messages it
+    started writing and keeps the jobs a live child already received (their results are read,
+    acked and stored; the children exit at once instead of waiting 30 s for a reader).
+
+    Internals of ``celery.concurrency.asynpool.AsynPool`` (Celery 5.7.0): ``flush()``,
+    ``_flush_writer(proc, writer)``, ``_active_writers``, ``_busy_workers``, ``_cache``,
+    ``asynpool._get_job_writer(job)``; of billiard's ``ApplyResult`` (4.3.2): ``_accepted``,
+    ``_write_to`` (the child the message went to), ``_job``; billiard's ``Pool._state`` with
+    ``RUN`` and ``TERMINATE``. Why: see :mod:`taskpool.worker.pools.prefork`.
+    """
+
+    # AsynPool's, declared for the type checker (the mixin has no state of its own).
+    _state: Any
+    _cache: Any
+    _active_writers: Any
+    _busy_workers: Any
+    _flush_writer: Any
+
+    def flush(self) -> None:
+        from billiard.pool import RUN, TERMINATE
+        from celery.concurrency import asynpool
+
+        if self._state == TERMINATE:
+            super().flush()  # type: ignore[misc]
+            return
+        handed = [
+            job
+            for job in self._cache.values()
+            if not job._accepted and job._write_to is not None and job._write_to._is_alive()
+        ]
+        if self._state != RUN:  # closed first: Celery's flush would drop the half-written messages
+            for job in handed:
+                writer = asynpool._get_job_writer(job)
+                if writer is not None and writer in self._active_writers:
+                    self._flush_writer(job._write_to, writer)
+        super().flush()  # type: ignore[misc]
+        for job in handed:
+            proc = job._write_to
+            if proc._is_alive():  # it has the whole message: it runs the job, we read the result
+                self._cache.setdefault(job._job, job)
+                self._busy_workers.add(proc.inqW_fd)
+
+
+# == the client's Redis result consumer: giving up on an unreachable Redis =======================
+
+
+class ReconnectFailureHook:
+    """Mixin for ``celery.backends.redis.ResultConsumer``: :meth:`on_reconnect_failed` is called
+    with the connection error when Celery's reconnect gives up (it may raise its own error).
+
+    Internals of ``ResultConsumer`` (Celery 5.7.0): ``_reconnect()`` (retries ``_reconnect_pubsub``
+    under the backend's retry policy) and ``_connection_errors``; ``reconnect_on_error()`` calls
+    ``_reconnect`` after a connection error and turns a connection error it raises into
+    ``RuntimeError("Retry limit exceeded ...")``, letting any other exception through.
+    """
+
+    _connection_errors: Any
+
+    def _reconnect(self) -> None:
+        try:
+            super()._reconnect()  # type: ignore[misc]
+        except self._connection_errors as exc:
+            self.on_reconnect_failed(exc)
+            raise
+
+    def on_reconnect_failed(self, exc: BaseException) -> None:
+        """Called when reconnecting failed for good; raise to replace Celery's RuntimeError."""

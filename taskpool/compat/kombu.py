@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from queue import Empty
 from typing import Any
@@ -57,6 +58,11 @@ def requeue_at_head(message: Any) -> bool:
     removed and pushed back in one transaction, and an entry kombu restored already (visibility
     timeout) is pushed nowhere.
 
+    With taskpool's delivery leases on the channel (:func:`install_qos_hooks`), the hooked
+    ``QoS.reject(tag, requeue=True)`` does it: the hooks' ``requeue`` restores at the head unless
+    another worker holds the delivery now (this one was presumed dead), forgets the tag's owner,
+    and the window forgets the tag.
+
     Internals (kombu 5.7.0, the Redis transport): ``QoS.restore_by_tag(tag, leftmost=False)``
     (WATCH/MULTI on the unacked hash: HGET, ZREM/HDEL, RPUSH to the queue's list for the
     message's priority), reached through ``message.channel.qos``; then the virtual transport's
@@ -80,8 +86,11 @@ def requeue_at_head(message: Any) -> bool:
     tag = getattr(message, "delivery_tag", None)
     if restore is None or tag is None or not isinstance(qos, VirtualQoS) or message.acknowledged:
         return False
-    restore(tag, leftmost=False)
-    VirtualQoS.ack(qos, tag)
+    if getattr(qos, "taskpool_hooks", None) is not None:
+        qos.reject(tag, requeue=True)  # the hooked QoS: at the head, and only while it is ours
+    else:
+        restore(tag, leftmost=False)
+        VirtualQoS.ack(qos, tag)
     message._state = "REQUEUED"
     return True
 
@@ -261,3 +270,107 @@ def shorten_polls_without_credit(consumer: Any, poll: float) -> bool:
 
     connection.drain_events = drain_events_with_credit
     return True
+
+
+def _redis_qos_class() -> Any:
+    from kombu.transport.redis import QoS
+
+    return QoS
+
+
+def hooked_qos_class() -> Any:
+    """kombu's Redis ``QoS`` (the ack emulation of one channel), with taskpool's hooks around
+    each change of the unacked hash (see :func:`install_qos_hooks`).
+
+    ``hooks`` (set on the instance as ``taskpool_hooks``) has:
+
+    - ``appended(pipe, tag)``: add commands to the pipeline that records a delivery;
+    - ``ack(tag)``: remove the delivery from Redis (replaces kombu's ZREM + HDEL);
+    - ``requeue(qos, tag)``: put the message back (replaces kombu's restore to the tail);
+    - ``restored(tag)``: after kombu restored ``tag`` (its periodic sweep, a channel closing).
+
+    Internals (kombu 5.7.0, kombu/transport/redis.py): ``QoS.append`` (a pipeline of ZADD to
+    ``unacked_index_key`` with the time, HSET of ``unacked_key`` to ``[message._raw, exchange,
+    routing_key]``, then the virtual ``QoS.append``), ``QoS.reject`` (requeue: ``restore_by_tag(tag,
+    leftmost=True)``, an LPUSH: the *tail* of a queue that BRPOP reads from the right),
+    ``QoS.restore_by_tag(tag, client, leftmost)``, ``pipe_or_acquire``.
+    """
+    from kombu.transport import virtual
+    from kombu.utils.json import dumps
+
+    base = _redis_qos_class()
+
+    class HookedQoS(base):  # type: ignore[misc,valid-type]
+        taskpool_hooks: Any = None
+
+        def append(self, message: Any, delivery_tag: str) -> None:
+            delivery = message.delivery_info
+            with self.pipe_or_acquire() as pipe:
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+                pipe.hset(
+                    self.unacked_key,
+                    delivery_tag,
+                    dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
+                )
+                self.taskpool_hooks.appended(pipe, delivery_tag)
+                pipe.execute()
+            virtual.QoS.append(self, message, delivery_tag)
+
+        def ack(self, delivery_tag: str) -> None:
+            self.taskpool_hooks.ack(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+
+        def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+            if requeue:
+                self.taskpool_hooks.requeue(self, delivery_tag)
+            else:
+                self.taskpool_hooks.ack(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+
+        def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+            base.restore_by_tag(self, tag, client=client, leftmost=leftmost)
+            self.taskpool_hooks.restored(tag)
+
+    HookedQoS.__name__ = HookedQoS.__qualname__ = "HookedQoS"
+    return HookedQoS
+
+
+_HOOKED: list[Any] = []
+
+
+def install_qos_hooks(consumer: Any, hooks: Any) -> Any:
+    """Give the consumer's task channel the QoS of :func:`hooked_qos_class`, calling ``hooks``.
+
+    Must run before the channel's first delivery (a consumer bootstep's ``start``, after
+    Celery's ``Tasks`` step and before the event loop). Internal (kombu 5.7.0): the virtual
+    channel keeps its ``QoS`` instance in ``_qos``, made by its property ``qos`` on first use
+    (Celery's ``basic_qos``); its class is swapped in place, so the prefetch count and the (empty)
+    delivered map stay.
+
+    Returns:
+        The channel, or None when it is not kombu's Redis channel (nothing changed).
+    """
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    qos = getattr(channel, "qos", None)
+    if qos is None or not isinstance(qos, _redis_qos_class()):
+        return None
+    if not _HOOKED:
+        _HOOKED.append(hooked_qos_class())
+    cls = _HOOKED[0]
+    if type(qos) is not cls:
+        if type(qos) is not _redis_qos_class():
+            return None  # someone else's subclass: leave it alone
+        if qos._delivered:
+            count = len(qos._delivered)
+            logger.warning("taskpool: %d message(s) delivered before the delivery leases", count)
+        qos.__class__ = cls
+    qos.taskpool_hooks = hooks
+    return channel
+
+
+def unacked_keys(channel: Any) -> tuple[str, str]:
+    """``(hash, index)``: the names of the unacked hash and its sorted set, before the
+    transport's ``global_keyprefix``. Internal (kombu 5.7.0): ``Channel.unacked_key``,
+    ``Channel.unacked_index_key`` (``"unacked"``, ``"unacked_index"`` unless set in the
+    transport options)."""
+    return str(channel.unacked_key), str(channel.unacked_index_key)

@@ -34,6 +34,12 @@ class SlotTimeout(TaskpoolError, TimeoutError):
     """
 
 
+class ResultBackendUnreachable(TaskpoolError, RuntimeError):
+    """The result backend's Redis could not be reached within Celery's retries (a client's
+    ``.delay()`` or ``.get()``); the message names its URL, password masked. A ``RuntimeError``, as
+    Celery's own "Retry limit exceeded" error it replaces."""
+
+
 class LeaseLost(TaskpoolError, RuntimeError):
     """A lease expired or vanished before its holder renewed it; its slots may be someone else's."""
 
@@ -66,6 +72,7 @@ ALL_ERRORS: tuple[type[TaskpoolError], ...] = (
     DeadLetterNotFound,
     EmbeddedRedisError,
     SlotTimeout,
+    ResultBackendUnreachable,
     LeaseLost,
     QueueFull,
     BatchError,

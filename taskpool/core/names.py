@@ -12,6 +12,7 @@ Redis keys, under the settings' ``keyspace`` (default ``taskpool``):
 - ``<keyspace>:limits``: hash, limit name -> size;
 - ``{<keyspace>:dead}`` and ``{<keyspace>:dead}:by_time``: dead-letter records and their index;
 - ``<keyspace>:sem:{<semaphore>}:<part>``: a semaphore's state (parts: :data:`SEMAPHORE_PARTS`);
+- ``<keyspace>:deliveries:owners``: hash, kombu delivery tag -> the worker holding it;
 - ``{<keyspace>:peers}`` and ``{<keyspace>:peers}:<owner>``: the set of workers with an admission
   gate and each one's short-lived record (queues, room per task), see :func:`peer_keys`.
 
@@ -142,6 +143,13 @@ def semaphore_of_key(key: str, keyspace: str) -> str | None:
 
 def _semaphore_prefix(keyspace: str) -> str:
     return f"{keyspace}:sem:{{"
+
+
+def delivery_owners_key(keyspace: str) -> str:
+    """The hash of delivery leases: kombu delivery tag -> the worker holding the message
+    unacknowledged (:mod:`taskpool.stores.deliveries`); kombu's ``global_keyprefix`` goes before it,
+    as before kombu's own ``unacked`` keys."""
+    return f"{keyspace}:deliveries:owners"
 
 
 # -- kombu's queue keys -----------------------------------------------------------------------------

@@ -49,6 +49,12 @@ class Child:
         """The exit code, or None while it runs."""
         return self.popen.poll()
 
+    def send_signal(self, signum: int) -> None:
+        """``signum`` to the process alone (as ``Popen.send_signal``); nothing once it has exited."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signum)
+
     def terminate(self) -> None:
         """SIGTERM to the process alone (a Celery worker's warm shutdown stops its pool itself)."""
         if self.popen.poll() is None:

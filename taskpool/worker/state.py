@@ -10,6 +10,7 @@ attribute                             set by                       holds
 ``consumer.taskpool_gate``            ``AdmissionStep.create``     the :class:`~taskpool.worker.gate.Gate`
                                                                    (``None``: no task has limits)
 ``consumer.taskpool_batchers``        ``BatchingStep.create``      task name -> its ``Batcher``
+``consumer.taskpool_deliveries``      ``DeliveryStep.start``       the delivery leases' ``DeliveryKeeper``
 ``worker.taskpool_autoscale``         ``autoscale.configure_worker``  the autoscaler's ``WorkerSetup``
 ``worker.taskpool_cli_queues``,       ``TaskPool`` (celeryd_init)  the command line's ``-Q`` and
 ``worker.taskpool_cli_prefetch``                                   ``--prefetch-multiplier``
@@ -33,11 +34,13 @@ from taskpool.core.names import GPUS_KEY, LEASES_KEY
 
 if TYPE_CHECKING:
     from taskpool.worker.batcher import Batcher
+    from taskpool.worker.delivery import DeliveryKeeper
     from taskpool.worker.gate import Gate
 
 # -- on the consumer ---------------------------------------------------------------------------
 GATE = "taskpool_gate"
 BATCHERS = "taskpool_batchers"
+DELIVERIES = "taskpool_deliveries"
 # -- on the worker (WorkController) ------------------------------------------------------------
 AUTOSCALE = "taskpool_autoscale"
 CLI_QUEUES = "taskpool_cli_queues"
@@ -54,6 +57,7 @@ __all__ = [
     "BATCH_LENT",
     "CLI_PREFETCH",
     "CLI_QUEUES",
+    "DELIVERIES",
     "GATE",
     "GPUS_KEY",
     "LEASES_KEY",
@@ -62,6 +66,7 @@ __all__ = [
     "autoscale_setup_of",
     "batch_lent",
     "batchers_of",
+    "deliveries_of",
     "gate_of",
     "granted_of",
     "held_key",
@@ -69,6 +74,7 @@ __all__ = [
     "register_batcher",
     "set_batch_lent",
     "set_batchers",
+    "set_deliveries",
     "set_gate",
     "set_granted",
     "set_prefetch_lent",
@@ -105,6 +111,15 @@ def register_batcher(consumer: Any, batcher: Batcher) -> None:
             "taskpool's BatchingStep is missing from the consumer's steps"
         )
     batchers[batcher.task.name] = batcher
+
+
+def deliveries_of(consumer: Any) -> DeliveryKeeper | None:
+    """The delivery leases' keeper of ``consumer`` (``None`` before its first connection)."""
+    return getattr(consumer, DELIVERIES, None)
+
+
+def set_deliveries(consumer: Any, keeper: DeliveryKeeper | None) -> None:
+    setattr(consumer, DELIVERIES, keeper)
 
 
 # -- worker ------------------------------------------------------------------------------------

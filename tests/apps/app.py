@@ -159,6 +159,13 @@ def slow(key: str, seconds: float) -> int:
     return int(r.llen(f"{key}:pids"))
 
 
+@app.task(pool="prefork")
+def sized(key: str, payload: str) -> int:
+    """Records each start (with this child's pid); returns the payload's length."""
+    _redis().rpush(f"{key}:pids", os.getpid())
+    return len(payload)
+
+
 @app.task(pool="gevent")
 def add(x: int, y: int) -> int:
     return x + y

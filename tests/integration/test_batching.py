@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +204,13 @@ def test_autoscaler_counts_a_batch_once(bat: Any, redis_url: str, tmp_path: Path
         stats = bat.app.control.inspect(destination=[worker.hostname], timeout=5).stats()[worker.hostname]
         scaler = stats["autoscaler"]
         moves = [(d["from"], d["to"], d["reason"]) for d in scaler["decisions"]]
-        assert all(to <= 2 for _, to, _ in moves), moves  # demand 1 batch + buffer 1
+        assert moves, scaler  # the eight inputs made it grow at least once
+        # Running and reserved inputs of the batch count as one slot. Messages still in Redis
+        # (a loaded machine fetches them late) count one each: the queue's depth cannot tell
+        # which task a message is for, so only the worker-side figures are asserted.
+        counted = [
+            tuple(map(int, m)) for _, _, r in moves for m in re.findall(r"(\d+) running, (\d+) reserved", r)
+        ]
+        assert counted and all(running + reserved <= 1 for running, reserved in counted), moves
     finally:
         worker.stop()

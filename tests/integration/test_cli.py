@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from taskpool.core.names import queue_keys as redis_queue_keys
 from taskpool.ops.embedded import free_port
 from taskpool.stores.dead_letters import DeadLetter
-from tests.conftest import Worker, taskpool_cli
+from tests.conftest import ROOT, Worker, taskpool_cli
 
 PASSWORD = "s3cret-pw"
 
@@ -55,6 +57,47 @@ def test_unreachable_broker_is_one_line_with_the_password_masked(command: tuple[
     assert "Check that Redis runs there" in lines[0]
     assert PASSWORD not in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("module", ["taskpool.cli", "taskpool.ops.cli"])
+def test_python_m_runs_the_command_under_its_old_and_new_paths(module: str) -> None:
+    """``taskpool.cli`` moved to the package ``taskpool.ops.cli``: ``python -m`` still runs it."""
+
+    def run(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", name, "dead", "--help"], capture_output=True, text=True, timeout=60
+        )
+
+    done, expected = run(module), run("taskpool")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected.stdout and done.stdout.startswith("Usage: taskpool dead [OPTIONS]")
+
+
+def test_a_client_with_an_unreachable_redis_ends_in_one_line_naming_it() -> None:
+    """A client's `.delay().get()`: Celery's retries, then what failed, where (password masked),
+    what to check; not "Retry limit exceeded while trying to reconnect" to a Redis never reached."""
+    port = free_port()  # nothing listens there
+    code = (
+        "import tests.apps.idle_app as m\n"
+        "options = m.app.conf.result_backend_transport_options\n"
+        "m.app.conf.result_backend_transport_options = {**options, 'retry_policy': {'max_retries': 2}}\n"
+        "m.nap.delay(0).get(timeout=5)\n"
+    )
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    env = {**os.environ, "TASKPOOL_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "taskpool.core.errors.ResultBackendUnreachable: cannot reach the result backend, Redis at "
+        f"redis://:**@127.0.0.1:{port}/0 (Error 111 connecting to 127.0.0.1:{port}. Connection refused.); "
+        "gave up after 2 retries. Check that Redis runs there and that TASKPOOL_RESULT_BACKEND (else "
+        "TASKPOOL_BROKER_URL, else the app's result_backend) names it."
+    ), done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    assert "Retry limit exceeded" not in done.stderr
 
 
 def test_debug_shows_the_traceback() -> None:

@@ -8,12 +8,9 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
-
-import pytest
 
 from taskpool.compat.billiard import child_pids
 from taskpool.compat.celery import (
@@ -23,7 +20,6 @@ from taskpool.compat.celery import (
     sync_pool_limit,
     update_prefetch_count,
 )
-from tests.conftest import wait_for
 
 
 # -- autoscale (taskpool.worker.autoscale) ---------------------------------------------------------
@@ -53,43 +49,91 @@ def test_autoscale_celery_prefork_pool_keeps_billiards_pool_in__pool() -> None:
     assert pool.limit == 5
 
 
+def run_script(script: str) -> Any:
+    """Run ``script`` in a fresh interpreter; returns the JSON its last line prints.
+
+    Pools that fork (billiard) or need gevent run there: the test process stays gevent-free, and a
+    billiard pool forked from it after tests/test_cli.py (and a first pool) had children that
+    never ran a job, so the result depended on the tests run before.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_autoscale_billiard_pool_lists_its_processes_in__pool() -> None:
     from billiard.pool import Pool
 
     assert list(inspect.signature(Pool.grow).parameters) == ["self", "n"]
     assert list(inspect.signature(Pool.shrink).parameters) == ["self", "n"]
-    pool = Pool(processes=1)
-    try:
-        assert pool._processes == 1
-        assert child_pids(pool) == [p.pid for p in pool._pool] and len(child_pids(pool)) == 1
-        pool.grow(1)
-        assert pool._processes == 2
-        pool.maintain_pool()
-        wait_for(lambda: len(child_pids(pool)) == 2, timeout=10, what="billiard to start the new child")
-        assert all(isinstance(pid, int) and pid > 0 for pid in child_pids(pool))
-    finally:
-        pool.terminate()
     assert child_pids(object()) == [] and child_pids(None) == []
+    out = run_script(
+        """
+        import json, time
+        from billiard.pool import Pool
+        from taskpool.compat.billiard import child_pids
+
+        pool = Pool(processes=1)
+        try:
+            out = {"processes": pool._processes, "pids": child_pids(pool) == [p.pid for p in pool._pool]}
+            out["count"] = len(child_pids(pool))
+            pool.grow(1)
+            out["grown"] = pool._processes
+            pool.maintain_pool()
+            deadline = time.monotonic() + 10
+            while len(child_pids(pool)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            out["after"] = [isinstance(pid, int) and pid > 0 for pid in child_pids(pool)]
+        finally:
+            pool.terminate()
+        print(json.dumps(out))
+        """
+    )
+    assert out == {"processes": 1, "pids": True, "count": 1, "grown": 2, "after": [True, True]}
 
 
 def test_autoscale_billiard_shrink_refuses_busy_processes_with_value_error() -> None:
-    from billiard.pool import Pool
+    out = run_script(
+        """
+        import json, os, sys, tempfile, time
+        from billiard.pool import Pool
 
-    pool = Pool(processes=1)
-    try:
-        result = pool.apply_async(time.sleep, (1,))
-        wait_for(lambda: pool._cache and any(j.worker_pids() for j in pool._cache.values()), timeout=10)
-        with pytest.raises(ValueError, match="All processes busy"):
-            pool.shrink(1)  # the autoscaler shrinks one at a time and stops at this error
-        assert pool._processes == 1
-        result.get(timeout=10)
-    finally:
-        pool.terminate()
+        release = os.path.join(tempfile.mkdtemp(), "release")
+
+        def hold() -> None:  # runs in the child until the parent releases it
+            deadline = time.monotonic() + 30
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+        pool = Pool(processes=1)
+        try:
+            result = pool.apply_async(hold)
+            deadline = time.monotonic() + 20
+            while not any(j.worker_pids() for j in list(pool._cache.values())):
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.02)
+            try:
+                pool.shrink(1)  # the autoscaler shrinks one at a time and stops at this error
+                out = {"error": None}
+            except ValueError as exc:
+                out = {"error": str(exc)}
+            out["processes"] = pool._processes
+            open(release, "w").close()
+            result.get(timeout=20)
+        finally:
+            open(release, "w").close()
+            pool.terminate()
+        print(json.dumps(out))
+        """
+    )
+    assert out == {"error": "Can't shrink pool. All processes busy!", "processes": 1}
 
 
 def test_autoscale_celery_gevent_pool_wraps_a_gevent_pool() -> None:
-    # The test process stays gevent-free: ask a child process.
-    script = textwrap.dedent(
+    # The test process stays gevent-free.
+    out = run_script(
         """
         import json
         import gevent
@@ -111,9 +155,6 @@ def test_autoscale_celery_gevent_pool_wraps_a_gevent_pool() -> None:
         print(json.dumps(out))
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out == {"before": True, "is_gevent": True, "free": 3, "busy": 2, "grown": [3, 4], "shrunk": [1, 2]}
 
 

@@ -253,6 +253,22 @@ def test_requeue_at_head_and_window_has_room(connection: kombu.Connection, queue
         connection.drain_events(timeout=5)
         got[-1].ack()
     assert [m.payload["n"] for m in got] == [0, 0, 1, 2], update(fn)
+    # With the delivery leases' hooks on the channel, the hooked QoS requeues (at the head, and
+    # only while the delivery is this worker's).
+    hooks = RecordingHooks()
+    assert compat_kombu.install_qos_hooks(consumer, hooks) is channel, update(fn)
+    with connection.Producer() as producer:
+        producer.publish({"n": 3}, routing_key=queue_name, declare=[queue])
+    connection.drain_events(timeout=5)
+    hooked = got[-1]
+    assert compat_kombu.requeue_at_head(hooked), update(fn)
+    tag = hooked.delivery_tag
+    assert hooks.calls[-2:] == [("requeue", tag), ("restored", tag)], update(fn)
+    assert hooked.acknowledged and compat_kombu.window_has_room(consumer), update(fn)
+    connection.drain_events(timeout=5)
+    assert got[-1].delivery_tag == hooked.delivery_tag, update(fn)
+    got[-1].ack()
+    channel.client.delete("compat:owners")
 
 
 def test_close_task_channel(connection: kombu.Connection, queue_name: str) -> None:
@@ -289,6 +305,80 @@ def test_shorten_polls_without_credit(connection: kombu.Connection, queue_name: 
     got[0].ack()
 
 
+class RecordingHooks:
+    """What install_qos_hooks calls, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def appended(self, pipe: Any, tag: str) -> None:
+        pipe.hset("compat:owners", tag, "me")
+        self.calls.append(("appended", tag))
+
+    def ack(self, tag: str) -> None:
+        self.calls.append(("ack", tag))
+
+    def requeue(self, qos: Any, tag: str) -> None:
+        self.calls.append(("requeue", tag))
+        qos.restore_by_tag(tag, leftmost=False)
+
+    def restored(self, tag: str) -> None:
+        self.calls.append(("restored", tag))
+
+
+def test_install_qos_hooks_hooked_qos_class_and_unacked_keys(
+    connection: kombu.Connection, queue_name: str
+) -> None:
+    fn = "kombu.install_qos_hooks"
+    qos_cls = kombu_redis.QoS
+    append = inspect.getsource(qos_cls.append)
+    # hooked_qos_class copies kombu's append (ZADD of the index with the time, HSET of the hash).
+    assert "zadd(self.unacked_index_key" in append and "hset(self.unacked_key" in append, update(
+        "kombu.hooked_qos_class"
+    )
+    assert "dumps([message._raw, EX, RK])" in append, update("kombu.hooked_qos_class")
+    # Why requeue is replaced: kombu requeues with an LPUSH, the tail of a queue BRPOP reads from the right.
+    assert "restore_by_tag(delivery_tag, leftmost=True)" in inspect.getsource(qos_cls.reject), update(
+        "kombu.hooked_qos_class"
+    )
+    assert "lpush if leftmost else pipe.rpush" in inspect.getsource(kombu_redis.Channel._do_restore_message)
+    # The channel keeps one QoS instance, made on first use (Celery's basic_qos, before any delivery).
+    assert "self._qos = self.QoS(self)" in inspect.getsource(virtual.Channel.qos.fget), update(fn)
+    queue = kombu.Queue(queue_name, routing_key=queue_name)
+    got: list[Any] = []
+    consumer = consumer_of(connection, queue, callbacks=[lambda body, message: got.append(message)])
+    consumer.task_consumer.qos(prefetch_count=5)
+    hooks = RecordingHooks()
+    channel = compat_kombu.install_qos_hooks(consumer, hooks)
+    assert channel is connection.default_channel and channel.qos.prefetch_count == 5, update(fn)
+    assert compat_kombu.unacked_keys(channel) == ("unacked", "unacked_index"), update("kombu.unacked_keys")
+    client = channel.client
+    with connection.Producer() as producer:
+        for n in range(3):
+            producer.publish({"n": n}, routing_key=queue_name, declare=[queue])
+    for _ in range(3):
+        connection.drain_events(timeout=5)
+    first, second, third = got
+    tags = [m.delivery_tag for m in got]
+    assert [c for c in hooks.calls] == [("appended", t) for t in tags], update(fn)
+    assert all(client.hexists("unacked", t) and client.zscore("unacked_index", t) for t in tags), update(fn)
+    assert client.hget("compat:owners", first.delivery_tag) == b"me", update(fn)
+    first.ack()
+    assert hooks.calls[-1] == ("ack", first.delivery_tag), update(fn)
+    assert not channel.qos._delivered.get(first.delivery_tag) or first.delivery_tag in channel.qos._dirty
+    with connection.Producer() as producer:
+        producer.publish({"n": "later"}, routing_key=queue_name, declare=[queue])
+    second.reject(requeue=True)
+    assert hooks.calls[-2:] == [("requeue", second.delivery_tag), ("restored", second.delivery_tag)], update(
+        fn
+    )
+    # At the head: the next read (BRPOP takes from the right) is the requeued message, not "later".
+    assert json.loads(client.lindex(queue_name, -1))["properties"]["delivery_tag"] == second.delivery_tag
+    third.reject(requeue=False)
+    assert hooks.calls[-1] == ("ack", third.delivery_tag), update(fn)
+    client.delete("compat:owners")
+
+
 # -- billiard -----------------------------------------------------------------------------
 def test_process_exit_hook() -> None:
     fn = "billiard.ProcessExitHook"
@@ -313,6 +403,39 @@ def test_in_pool_and_pool_running() -> None:
         pool.terminate()
         pool.join()
     assert not compat_billiard.pool_running(pool), update("billiard.pool_running")
+
+
+def test_keep_handed_jobs_on_flush() -> None:
+    """The AsynPool internals KeepHandedJobsOnFlush reads (the flush itself runs in
+    tests/integration/test_delivery.py's warm-shutdown tests, through real workers)."""
+    fn = "celery.KeepHandedJobsOnFlush"
+    import billiard.pool
+    from celery.concurrency import asynpool
+
+    assert hasattr(billiard.pool, "RUN") and hasattr(billiard.pool, "TERMINATE"), update(fn)
+    assert callable(getattr(asynpool, "_get_job_writer", None)), update(fn)
+    assert list(inspect.signature(asynpool.AsynPool._flush_writer).parameters)[:3] == [
+        "self",
+        "proc",
+        "writer",
+    ], update(fn)
+    init = inspect.getsource(asynpool.AsynPool.__init__)
+    assert "self._busy_workers" in init and "self._active_writers" in init, update(fn)
+    result_init = inspect.getsource(billiard.pool.ApplyResult.__init__)
+    assert all(f"self.{name}" in result_init for name in ("_accepted", "_job")), update(fn)
+    assert "job._write_to = " in inspect.getsource(asynpool), update(fn)  # the child it went to
+    assert issubclass(compat_celery.KeepHandedJobsOnFlush, object)
+
+
+def test_reconnect_failure_hook() -> None:
+    """The result consumer internals ReconnectFailureHook wraps (the hook itself runs in
+    tests/integration/test_cli.py's unreachable-Redis client test)."""
+    fn = "celery.ReconnectFailureHook"
+    from celery.backends.redis import ResultConsumer
+
+    assert callable(getattr(ResultConsumer, "_reconnect", None)), update(fn)
+    source = inspect.getsource(ResultConsumer.reconnect_on_error)
+    assert "self._reconnect()" in source and "self._connection_errors" in source, update(fn)
 
 
 # -- every compat function is checked -------------------------------------------------------

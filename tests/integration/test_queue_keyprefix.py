@@ -40,7 +40,7 @@ def queued(redis_client: redis.Redis) -> Iterator[None]:
 
 
 def test_status_counts_the_prefixed_queue(env: dict[str, str], queued: None) -> None:
-    done = taskpool_cli("tests.idle_app", "status", "--timeout", "0.5", env=env)
+    done = taskpool_cli("tests.apps.idle_app", "status", "--timeout", "0.5", env=env)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith(f"│ {QUEUE} ")]
     assert [row[:4] for row in rows] == [["│", QUEUE, "│", "3"]], done.stdout
@@ -49,7 +49,7 @@ def test_status_counts_the_prefixed_queue(env: dict[str, str], queued: None) -> 
 
 def test_queue_limit_counts_the_prefixed_queue(env: dict[str, str], queued: None) -> None:
     code = (
-        "import tests.idle_app as t\n"
+        "import tests.apps.idle_app as t\n"
         "from taskpool.core.errors import QueueFull\n"
         "try:\n"
         "    t.nap.spawn(0)\n"

@@ -13,12 +13,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Cycles that go through an import inside a function, each as its sorted modules.
-KNOWN_CYCLES_THROUGH_FUNCTIONS: set[tuple[str, ...]] = {
-    # batching.strategy imports admission's gate view lazily; admission imports batching at the top.
-    ("taskpool.worker.admission", "taskpool.worker.batching"),
-}
-
 
 def modules() -> dict[str, tuple[Path, bool]]:
     """Every module of taskpool: dotted name -> (file, is a package's __init__)."""
@@ -115,10 +109,10 @@ def test_no_import_cycle_at_module_level() -> None:
     assert cycles(graph) == []
 
 
-def test_cycles_through_imports_in_functions_are_only_the_known_ones() -> None:
+def test_no_import_cycle_even_through_imports_in_functions() -> None:
     known = modules()
     graph = {name: imports_of(name, known, in_functions=True) for name in known}
-    assert set(cycles(graph)) <= KNOWN_CYCLES_THROUGH_FUNCTIONS
+    assert cycles(graph) == []
 
 
 def test_the_reader_sees_imports() -> None:

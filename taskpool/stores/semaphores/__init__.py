@@ -10,6 +10,7 @@ from taskpool.stores.semaphores.semaphore import (
     SlotTimeout,
     default_owner,
     holders_of,
+    reap_expired,
     semaphore_names,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "SlotTimeout",
     "default_owner",
     "holders_of",
+    "reap_expired",
     "semaphore_names",
 ]

@@ -35,6 +35,9 @@ ACQUIRE_LUA = _script("acquire.lua")
 RENEW_LUA = _script("renew.lua")
 RELEASE_LUA = _script("release.lua")
 RELEASE_OWNER_LUA = _script("release_owner.lua")
+REAP_LUA = _script("reap.lua")
+#: The capacity a reader that does not know it passes to reap.lua (the wake list is not trimmed).
+UNKNOWN_CAPACITY = 2**31 - 1
 
 
 def default_owner() -> str:
@@ -70,6 +73,11 @@ def semaphore_names(client: redis.Redis, keyspace: str = "taskpool", pattern: st
         if name is not None:
             found.add(name)
     return sorted(found)
+
+
+def reap_expired(client: redis.Redis, name: str, keyspace: str = "taskpool") -> list[HolderInfo]:
+    """:meth:`Semaphore.reap_expired` of the semaphore ``name``, without knowing its capacity."""
+    return Semaphore(client, name, 1, keyspace=keyspace).reap_expired(UNKNOWN_CAPACITY)
 
 
 def holders_of(client: redis.Redis, name: str, keyspace: str = "taskpool") -> list[HolderInfo]:
@@ -293,6 +301,34 @@ class Semaphore:
             raise ConfigurationError(f"semaphore {self.name!r}: release_owner needs a non-empty owner")
         args: list[str | int] = [owner, "prefix" if prefix else "exact", self._capacity]
         return int(self._release_owner_script(self.keys.as_list(), args))
+
+    def reap_expired(self, capacity: int | None = None) -> list[HolderInfo]:
+        """Free the slots of every expired lease (a worker that stopped renewing: it died) and
+        return what each held, one :class:`HolderInfo` per slot, ``expired`` set. What the next
+        acquire would do, for readers that show slots (``taskpool status``, ``taskpool slots``)."""
+        reply = self.client.register_script(REAP_LUA)(
+            self.keys.as_list(), [self._capacity if capacity is None else capacity]
+        )
+        reaped = []
+        for i in range(0, len(reply), 4):
+            token, raw, expires_at_ms = _text(reply[i]), reply[i + 1], float(reply[i + 2])
+            if not int(reply[i + 3]):
+                continue  # its slots were free already
+            info: dict[str, Any] = json.loads(raw)
+            for slot in info.get("slots") or []:
+                reaped.append(
+                    HolderInfo(
+                        slot=int(slot),
+                        token=token,
+                        owner=str(info.get("owner", "")),
+                        task_id=info.get("task_id") or None,
+                        since=float(info.get("since_ms", 0)) / 1000.0,
+                        expires_at=expires_at_ms / 1000.0,
+                        fence=int(info.get("fence", 0)),
+                        expired=True,
+                    )
+                )
+        return sorted(reaped, key=lambda h: h.slot)
 
     def holders(self) -> list[HolderInfo]:
         """Every held slot, by slot index (one consistent snapshot; reaps nothing)."""

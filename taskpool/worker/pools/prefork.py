@@ -10,7 +10,23 @@ and nothing is redelivered. This pool retries the reap a few times over about a 
 child is joined within milliseconds of its death. The hook and the child list are billiard's and
 Celery's internals (:mod:`taskpool.compat.billiard`).
 
-``configure_worker`` in :mod:`taskpool.autoscale` swaps it in for Celery's prefork pool.
+It also fixes two ways Celery 5.7's warm shutdown waits on a child (plain Celery has both):
+
+- The worker closes the pool before the consumer stops, and the consumer's stop calls
+  ``flush()``, which finishes a job message it started writing to a child only while the pool
+  is running. A message larger than the pipe's buffer (64 KiB; a batch of inputs) that was half
+  written was dropped, then the pool's join wrote the stop sentinel after the half message: the
+  child waited for the rest of it for ever, and so did the worker.
+- ``flush()`` forgets every job whose ACK the main process has not read yet, including jobs the
+  child already has and runs. The join then stops reading the children's results once no job is
+  left, and a child waits up to 30 s (billiard's ``_ensure_messages_consumed``) for its last
+  result to be read before it exits; the task's message, never acked, ran again later.
+
+``flush()`` here finishes the writes it started and keeps the jobs a live child received, so
+their results are read, acked and stored as usual and the children exit at once
+(:class:`taskpool.compat.celery.KeepHandedJobsOnFlush`: Celery's private pool internals).
+
+``configure_worker`` in :mod:`taskpool.worker.autoscale` swaps it in for Celery's prefork pool.
 """
 
 from __future__ import annotations
@@ -21,6 +37,8 @@ from celery.concurrency import asynpool, prefork
 from celery.utils.log import get_logger
 
 from taskpool.compat.billiard import ProcessExitHook, in_pool, pool_running
+from taskpool.compat.celery import KeepHandedJobsOnFlush
+from taskpool.worker.pools import sigterm
 
 __all__ = ["TaskPool"]
 
@@ -31,7 +49,7 @@ REAP_PATIENCE = 1.0
 logger = get_logger(__name__)
 
 
-class AsynPool(ProcessExitHook, asynpool.AsynPool):
+class AsynPool(ProcessExitHook, KeepHandedJobsOnFlush, asynpool.AsynPool):
     """``AsynPool`` whose sentinel handler retries the reap of a child not yet reapable."""
 
     def after_process_exit(self, hub: Any, proc: Any) -> None:
@@ -61,3 +79,7 @@ class TaskPool(prefork.TaskPool):
 
     taskpool_pool = "prefork"
     Pool = AsynPool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sigterm.install()  # before the pool forks: a group SIGTERM lets running tasks finish

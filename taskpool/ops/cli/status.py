@@ -1,0 +1,128 @@
+"""``taskpool status``: workers by pool, queue depths, slots and limits in use, dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from taskpool.core import names
+from taskpool.core.settings import POOLS, env_app_path
+from taskpool.ops.cli.common import app_option, console, id_column, load_app, safe, show
+from taskpool.ops.cli.limits import dead_holder
+from taskpool.stores.limits import LimitStore
+from taskpool.stores.queues import queue_depth
+from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names
+
+
+@click.command()
+@app_option
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for workers' replies.")
+@click.pass_context
+def status(ctx: click.Context, app_path: str, timeout: float) -> None:
+    """Workers by pool (concurrency, in flight), queue depths, slots and limits in use, dead letters."""
+    app = load_app(app_path)
+    source = ctx.get_parameter_source("app_path")
+    chosen = "-A" if source == click.core.ParameterSource.COMMANDLINE else (
+        "TASKPOOL_APP" if env_app_path() else "the default; -A or TASKPOOL_APP picks another"
+    )  # fmt: skip
+    client = app.redis
+    client.ping()  # fail fast, before Celery's broadcast retries an unreachable broker
+    console.print(
+        f"app [bold]{app_path}[/] ({chosen}), Redis at {safe(app.settings.redis_url)}", soft_wrap=True
+    )
+    stats = app.control.inspect(timeout=timeout).stats() or {}
+    workers = Table(
+        id_column("pool"),
+        id_column("worker"),
+        "concurrency",
+        "min-max",
+        "target",
+        "in flight",
+        "reserved",
+        "slots held",
+        "holding",
+        "handed back",
+    )
+    workers.title = f"{len(stats)} worker(s)"
+    rows = []
+    consumed: set[str] = set()
+    for node, st in stats.items():
+        tp = st.get("taskpool") or {}
+        pool = tp.get("pool") or node.partition("@")[0]
+        rows.append((pool, node, tp, st))
+        consumed.update(tp.get("queues") or ())
+    for pool, node, tp, st in sorted(rows, key=lambda r: (r[0], r[1])):
+        concurrency = tp.get("concurrency", (st.get("pool") or {}).get("max-concurrency"))
+        workers.add_row(
+            pool,
+            node,
+            str(concurrency),
+            f"{tp.get('min')}-{tp.get('max')}" if tp.get("max") is not None else "",
+            str(tp.get("target") if tp.get("target") is not None else ""),
+            _counts(tp.get("in_flight")),
+            _counts(tp.get("reserved")),
+            _counts(tp.get("slots_held")),
+            _holding(tp),
+            str((tp.get("admission") or {}).get("handed_back", "")),
+        )
+    show(workers)
+    queues = Table(id_column("queue"), "depth", "consumed by")
+    queues.title = "queues"
+    orphans = []
+    keyprefix = names.queue_keyprefix(app.conf.broker_transport_options)
+    for pool in POOLS:
+        for gpu in (False, True):
+            name = app.settings.queue_for(pool, gpu=gpu)
+            depth = queue_depth(client, name, keyprefix=keyprefix)
+            nodes = sorted(n for _, n, tp, _ in rows if name in (tp.get("queues") or ()))
+            if depth and name not in consumed:
+                orphans.append((name, depth, pool, gpu))
+            by = ", ".join(nodes) if nodes else ("[red]no worker[/]" if depth else "-")
+            queues.add_row(name, str(depth), by)
+    show(queues)
+    for name, depth, pool, gpu in orphans:
+        need = f"a {pool} worker with GPU slots (TASKPOOL_GPUS >= 1)" if gpu else f"a {pool} worker"
+        console.print(
+            f"[yellow]warning[/]: queue {name} holds {depth} message(s) and no live worker consumes it: "
+            f"they wait until {need} starts (`taskpool worker -A {app_path} --pool {pool}`)",
+            soft_wrap=True,
+        )
+    store = LimitStore(client, app.settings.keyspace)
+    sizes = store.all()
+    sems = Table(id_column("semaphore"), "size", "in use", "holders")
+    sems.title = "slots and limits"
+    in_redis = semaphore_names(app.redis, app.settings.keyspace)
+    freed: list[tuple[str, HolderInfo]] = []
+    for name in in_redis:
+        freed += [(name, h) for h in reap_expired(app.redis, name, app.settings.keyspace)]
+        held = holders_of(app.redis, name, app.settings.keyspace)
+        kind, rest = names.kind_of(name)
+        size = sizes.get(rest) if kind == names.LIMIT else None
+        sems.add_row(name, str(size or ""), str(len(held)), ", ".join(sorted({h.owner for h in held})))
+    for limit, size in sorted(sizes.items()):
+        if names.limit_semaphore(limit) not in in_redis:
+            sems.add_row(names.limit_semaphore(limit), str(size), "0", "")
+    show(sems)
+    for name, h in freed:
+        console.print(f"{name}: slot {h.slot} {dead_holder(h)}", soft_wrap=True)
+    console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
+
+
+def _holding(tp: dict[str, Any]) -> str:
+    """Requests a worker holds per semaphore, e.g. ``gpu:host1 3 (1 next in line)``: the rest are
+    surplus that no other worker with room took (``slots_waiting`` of an older worker)."""
+    holding = tp.get("holding")
+    if holding is None:
+        return _counts(tp.get("slots_waiting"))
+    parts = []
+    for name, h in holding.items():
+        waiting, following = int(h.get("waiting", 0)), int(h.get("next", 0))
+        extra = f" ({following} next in line)" if following < waiting else ""
+        parts.append(f"{name} {waiting}{extra}")
+    return ", ".join(parts) or "-"
+
+
+def _counts(mapping: dict[str, int] | None) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in (mapping or {}).items()) or "-"
