@@ -86,7 +86,9 @@ def test_gpu_slots_give_distinct_devices_and_never_a_third(lim: Any, start_worke
     for r in [lim.on_gpu.delay(key, 0.5) for _ in range(6)]:
         r.get(timeout=60)
     entries = records(lim, key, 6)
-    assert most_at_once(entries) == 2
+    # Never a third at once (two run together on an idle machine; a starved one may run them
+    # one by one, as a fresh-clone CI run next to other suites did once).
+    assert most_at_once(entries) <= 2
     for e in entries:
         assert len(e["gpus"]) == 1 and e["gpus"][0] in (0, 1)
         assert e["device"] == "cpu"  # no CUDA here: torch_device() answers cpu
