@@ -126,6 +126,20 @@ class _Refusal:
     free: int
 
 
+def _holder(slot: Any, token: str, info: dict[str, Any], expires_at: float, *, expired: bool) -> HolderInfo:
+    """One held slot, from its lease's info record (the JSON the acquire script stores)."""
+    return HolderInfo(
+        slot=int(slot),
+        token=token,
+        owner=str(info.get("owner", "")),
+        task_id=info.get("task_id") or None,
+        since=float(info.get("since_ms", 0)) / 1000.0,
+        expires_at=expires_at,
+        fence=int(info.get("fence", 0)),
+        expired=expired,
+    )
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -316,18 +330,7 @@ class Semaphore:
                 continue  # its slots were free already
             info: dict[str, Any] = json.loads(raw)
             for slot in info.get("slots") or []:
-                reaped.append(
-                    HolderInfo(
-                        slot=int(slot),
-                        token=token,
-                        owner=str(info.get("owner", "")),
-                        task_id=info.get("task_id") or None,
-                        since=float(info.get("since_ms", 0)) / 1000.0,
-                        expires_at=expires_at_ms / 1000.0,
-                        fence=int(info.get("fence", 0)),
-                        expired=True,
-                    )
-                )
+                reaped.append(_holder(slot, token, info, expires_at_ms / 1000.0, expired=True))
         return sorted(reaped, key=lambda h: h.slot)
 
     def holders(self) -> list[HolderInfo]:
@@ -346,18 +349,7 @@ class Semaphore:
             token = _text(raw_token)
             info: dict[str, Any] = info_of.get(token, {})
             expires_at = expiry_of.get(token, 0.0)
-            result.append(
-                HolderInfo(
-                    slot=int(slot),
-                    token=token,
-                    owner=str(info.get("owner", "")),
-                    task_id=info.get("task_id") or None,
-                    since=float(info.get("since_ms", 0)) / 1000.0,
-                    expires_at=expires_at,
-                    fence=int(info.get("fence", 0)),
-                    expired=expires_at <= now,
-                )
-            )
+            result.append(_holder(slot, token, info, expires_at, expired=expires_at <= now))
         return sorted(result, key=lambda h: h.slot)
 
     def _attempt(
