@@ -34,7 +34,6 @@ Prints a table (medians over the rounds) and writes ``bench/results/hosts.json``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import itertools
 import json
@@ -46,7 +45,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.procs import stop  # noqa: E402
+from bench.procs import environ, stop  # noqa: E402
 from taskpool.ops.embedded import RedisServer  # noqa: E402
 from taskpool.ops.launcher import Child, launch  # noqa: E402
 
@@ -65,20 +63,6 @@ MODULES = {
     "plain": "bench.apps.hosts_plain_app",
 }
 CONCURRENCY = {"taskpool": 3, "before": 3, "plain": 1}
-
-
-@contextlib.contextmanager
-def environ(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class Hosts:

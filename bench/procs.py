@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +25,18 @@ def stop(proc: Child | subprocess.Popen[Any], timeout: float = 30.0) -> None:
     """SIGTERM (a worker's warm shutdown), SIGKILL of its process group after ``timeout``; then
     SIGKILL what is left of the group (a worker's pool children)."""
     (proc if isinstance(proc, Child) else Child(proc)).stop(timeout)
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the block; restore (or remove) them after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
