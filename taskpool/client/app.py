@@ -46,6 +46,7 @@ CONSUMER_STEPS = (
     "taskpool.worker.malformed:MessageGuard",  # a malformed message is a dead letter, not a crash
     "taskpool.worker.tuning:GreenCreditStep",  # gevent: a full prefetch window never stalls
     "taskpool.worker.stats:StatsStep",  # `taskpool` in inspect stats (Flower's worker page)
+    "taskpool.worker.fleet:FleetStep",  # the fleet's report of this worker, and its drain
 )
 WORKER_STEPS = ("taskpool.worker.metrics:MetricsStep",)  # /metrics when TASKPOOL_METRICS_PORT is set
 

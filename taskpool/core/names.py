@@ -118,6 +118,24 @@ def peer_keys(keyspace: str, owner: str) -> tuple[str, str]:
     return index, f"{index}:{owner}"
 
 
+def fleet_keys(keyspace: str) -> dict[str, str]:
+    """The fleet's keys (:mod:`taskpool.stores.fleet`), one hash tag: ``policies`` (hash pool ->
+    policy JSON), ``workers`` (set of nodes that reported), ``decisions`` (list of the last
+    decisions, newest first), ``desired`` (hash pool -> the last decision and signal, JSON)."""
+    base = f"{{{keyspace}:fleet}}"
+    return {
+        "policies": f"{base}:policies",
+        "workers": f"{base}:workers",
+        "decisions": f"{base}:decisions",
+        "desired": f"{base}:desired",
+    }
+
+
+def fleet_worker_key(keyspace: str, node: str) -> str:
+    """One worker's fleet report (JSON, expires unless renewed)."""
+    return f"{{{keyspace}:fleet}}:worker:{node}"
+
+
 #: The keys of one semaphore, by the part of its state each holds.
 SEMAPHORE_PARTS = ("holders", "leases", "info", "fence", "wake")
 

@@ -432,3 +432,54 @@ def with_password(url: str, password: str) -> str:
     user = quote(parts.username or "", safe="")
     netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+#: Port of the fleet controller's HTTP endpoint (/metrics and /keda), ``taskpool up --fleet``.
+FLEET_PORT_ENV = "TASKPOOL_FLEET_PORT"
+DEFAULT_FLEET_PORT = 9809
+
+
+def fleet_settings(pool: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``pool``'s fleet policy from the environment, as keyword arguments of ``FleetPolicy``:
+    ``TASKPOOL_FLEET_<POOL>`` (``"max,min"``, min may be 0), then ``TASKPOOL_FLEET_<POOL>_<NAME>``
+    over ``TASKPOOL_FLEET_<NAME>`` for ``BUFFER`` (buffer_workers) and ``SCALEDOWN_WINDOW``
+    (seconds). Only the settings found are returned.
+
+    Raises:
+        ConfigurationError: for a value of the wrong type, naming the setting and the value.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    key = f"{ENV_PREFIX}FLEET_{pool.upper()}"
+    if env.get(key):
+        values["max_workers"], low = parse_bounds(env[key], what=key)
+        if low is not None:
+            values["min_workers"] = low
+    for name, option, kind in (
+        ("BUFFER", "buffer_workers", int),
+        ("SCALEDOWN_WINDOW", "scaledown_window", float),
+    ):
+        for variable in (f"{key}_{name}", f"{ENV_PREFIX}FLEET_{name}"):
+            value = env.get(variable)
+            if value:
+                try:
+                    values[option] = kind(value)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"setting {variable}={value!r}: expected a {kind.__name__}"
+                    ) from None
+                break
+    return values
+
+
+def fleet_port(environ: Mapping[str, str] | None = None) -> int:
+    """``TASKPOOL_FLEET_PORT`` (default 9809; 0: no HTTP endpoint)."""
+    env = os.environ if environ is None else environ
+    value = env.get(FLEET_PORT_ENV) or str(DEFAULT_FLEET_PORT)
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigurationError(f"setting {FLEET_PORT_ENV}={value!r}: expected a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"setting {FLEET_PORT_ENV}={value!r}: expected a port number 0-65535")
+    return port

@@ -11,6 +11,7 @@ attribute                             set by                       holds
                                                                    (``None``: no task has limits)
 ``consumer.taskpool_batchers``        ``BatchingStep.create``      task name -> its ``Batcher``
 ``consumer.taskpool_deliveries``      ``DeliveryStep.start``       the delivery leases' ``DeliveryKeeper``
+``consumer.taskpool_fleet``           ``FleetStep.start``          the fleet's ``FleetReporter`` (drain)
 ``worker.taskpool_autoscale``         ``autoscale.configure_worker``  the autoscaler's ``WorkerSetup``
 ``worker.taskpool_cli_queues``,       ``TaskPool`` (celeryd_init)  the command line's ``-Q`` and
 ``worker.taskpool_cli_prefetch``                                   ``--prefetch-multiplier``
@@ -35,12 +36,14 @@ from taskpool.core.names import GPUS_KEY, LEASES_KEY
 if TYPE_CHECKING:
     from taskpool.worker.batcher import Batcher
     from taskpool.worker.delivery import DeliveryKeeper
+    from taskpool.worker.fleet import FleetReporter
     from taskpool.worker.gate import Gate
 
 # -- on the consumer ---------------------------------------------------------------------------
 GATE = "taskpool_gate"
 BATCHERS = "taskpool_batchers"
 DELIVERIES = "taskpool_deliveries"
+FLEET = "taskpool_fleet"
 # -- on the worker (WorkController) ------------------------------------------------------------
 AUTOSCALE = "taskpool_autoscale"
 CLI_QUEUES = "taskpool_cli_queues"
@@ -58,6 +61,7 @@ __all__ = [
     "CLI_PREFETCH",
     "CLI_QUEUES",
     "DELIVERIES",
+    "FLEET",
     "GATE",
     "GPUS_KEY",
     "LEASES_KEY",
@@ -67,6 +71,7 @@ __all__ = [
     "batch_lent",
     "batchers_of",
     "deliveries_of",
+    "fleet_of",
     "gate_of",
     "granted_of",
     "held_key",
@@ -75,6 +80,7 @@ __all__ = [
     "set_batch_lent",
     "set_batchers",
     "set_deliveries",
+    "set_fleet",
     "set_gate",
     "set_granted",
     "set_prefetch_lent",
@@ -90,6 +96,15 @@ def gate_of(consumer: Any) -> Gate | None:
 
 def set_gate(consumer: Any, gate: Gate | None) -> None:
     setattr(consumer, GATE, gate)
+
+
+def fleet_of(consumer: Any) -> FleetReporter | None:
+    """The fleet reporter of ``consumer`` (``None`` before its step started)."""
+    return getattr(consumer, FLEET, None)
+
+
+def set_fleet(consumer: Any, reporter: FleetReporter | None) -> None:
+    setattr(consumer, FLEET, reporter)
 
 
 def batchers_of(consumer: Any) -> dict[str, Batcher]:

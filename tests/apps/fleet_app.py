@@ -1,0 +1,35 @@
+"""The app the fleet test's workers run: `celery -A tests.apps.fleet_app worker -P threads`.
+
+Its own queue prefix and keyspace, and the test gives it its own Redis database, so its workers
+never meet the session workers. Each task records its start and its end in two Redis lists of its
+own (``fleet-test:started``, ``fleet-test:ended``: the task's number and the worker's node), so the
+test counts lost tasks (never ended) and interrupted ones (started, never ended) from records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from celery import current_task
+
+from taskpool import TaskPool
+from taskpool.core.settings import Settings
+
+KEYSPACE = "fleet-test"
+STARTED = f"{KEYSPACE}:started"
+ENDED = f"{KEYSPACE}:ended"
+
+app = TaskPool(
+    "fleet_tests", config=False, settings=Settings.from_env(queue_prefix="fleet-test.", keyspace=KEYSPACE)
+)
+
+
+@app.task(pool="threads")
+def work(number: int, seconds: float) -> int:
+    """Sleeps ``seconds``, recording its start and end."""
+    node = current_task.request.hostname
+    app.redis.rpush(STARTED, json.dumps({"n": number, "node": node, "at": time.time()}))
+    time.sleep(seconds)
+    app.redis.rpush(ENDED, json.dumps({"n": number, "node": node, "at": time.time()}))
+    return number

@@ -1,0 +1,124 @@
+"""The fleet controller over real worker processes (tests/apps/fleet_app.py): a burst grows the
+pool's workers to max_workers, idle time shrinks them to min_workers after scaledown_window, and
+no task is lost or interrupted by a scale-down (each task records its start and end in Redis).
+
+Everything runs on Redis database 5 of the session's server, with its own queue prefix and
+keyspace, so these workers never meet the session workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from taskpool.core.fleet import FleetPolicy
+from taskpool.ops.embedded import free_port
+from taskpool.ops.fleet import FleetController, LocalWorkers, running
+from taskpool.stores.fleet import FleetStore
+from tests.conftest import ROOT, wait_for
+
+POLICY = FleetPolicy("threads", min_workers=1, max_workers=4, buffer_workers=1, scaledown_window=5.0)
+
+
+@pytest.fixture(scope="module")
+def fleet_broker(redis_url: str) -> str:
+    return redis_url.rsplit("/", 1)[0] + "/5"
+
+
+@pytest.fixture(scope="module")
+def fleet_app(fleet_broker: str) -> Any:
+    with mock.patch.dict(os.environ, {"TASKPOOL_BROKER_URL": fleet_broker}):
+        import tests.apps.fleet_app as module
+    assert module.app.conf.broker_url == fleet_broker
+    return module
+
+
+@pytest.fixture
+def local_workers(fleet_app: Any, fleet_broker: str, tmp_path: Path) -> Iterator[LocalWorkers]:
+    fleet_app.app.redis.flushdb()  # database 5 is this module's alone
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    workers = LocalWorkers(
+        "tests.apps.fleet_app", fleet_broker, tmp_path, concurrency={"threads": 4}, env=env, cwd=str(ROOT)
+    )
+    yield workers
+    workers.stop_all(30)
+
+
+def consuming(store: FleetStore) -> list[str]:
+    return sorted(
+        n for n, r in store.reports().items() if r.get("pool") == "threads" and not r.get("draining")
+    )
+
+
+def test_burst_grows_to_max_then_shrinks_to_min_and_loses_nothing(
+    fleet_app: Any, local_workers: LocalWorkers
+) -> None:
+    app = fleet_app.app
+    controller = FleetController(
+        app, ["threads"], defaults={"threads": POLICY}, workers=local_workers, slots={"threads": 4}
+    )
+    store = controller.store
+    port = free_port()
+    server = controller.serve(port, "127.0.0.1")
+    peak = 0
+    try:
+        with running(controller, 0.25):
+            wait_for(lambda: len(consuming(store)) == 1, 60, what="the min_workers worker to report")
+            assert len(local_workers.workers) == 1
+
+            results = [fleet_app.work.delay(i, 0.2) for i in range(500)]
+
+            def all_ended() -> bool:
+                nonlocal peak
+                peak = max(peak, len(consuming(store)))
+                return app.redis.llen(fleet_app.ENDED) >= 500
+
+            wait_for(all_ended, 180, interval=0.1, what="500 tasks to end")
+            assert sorted(r.get(timeout=30) for r in results) == list(range(500))
+            assert peak == POLICY.max_workers
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/keda/threads", timeout=5) as reply:
+                doc = json.loads(reply.read())
+            assert set(doc) == {"desired", "live", "work", "capacity"}
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                assert 'taskpool_fleet_desired_workers{pool="threads"}' in reply.read().decode()
+
+            def back_to_min() -> bool:
+                return len(local_workers.workers) == POLICY.min_workers and len(consuming(store)) == 1
+
+            wait_for(back_to_min, 60, interval=0.2, what="the fleet to shrink back to min_workers")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    started = [json.loads(x) for x in app.redis.lrange(fleet_app.STARTED, 0, -1)]
+    ended = [json.loads(x) for x in app.redis.lrange(fleet_app.ENDED, 0, -1)]
+    starts, ends = Counter(x["n"] for x in started), Counter(x["n"] for x in ended)
+    assert set(ends) == set(range(500)), "lost tasks"
+    assert starts == ends, "a task started and did not end (interrupted), or ran twice"
+    assert max(starts.values()) == 1
+    nodes = {x["node"] for x in ended}
+    assert len(nodes) >= POLICY.max_workers  # the new workers consumed
+
+    # Every drained worker exited by itself, cleanly, and only after the window.
+    assert len(local_workers.exited) == POLICY.max_workers - POLICY.min_workers
+    assert all(code == 0 for _node, code in local_workers.exited), local_workers.exited
+    log = store.decisions(50)
+    drains = [e for e in log if str(e.get("action", "")).startswith("draining")]
+    assert len(drains) == POLICY.max_workers - POLICY.min_workers
+    last_end = max(x["at"] for x in ended)
+    # The need dropped below 4 workers at most 2 waves (0.4 s) before the last end; the window is 5 s.
+    assert min(e["at"] for e in drains) - last_end >= POLICY.scaledown_window - 1.0
+    assert all("holding 0" in e["action"] for e in drains)  # never a busy one while idle ones exist
+    assert store.desired()["threads"]["desired"] == 1
