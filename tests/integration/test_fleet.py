@@ -122,3 +122,48 @@ def test_burst_grows_to_max_then_shrinks_to_min_and_loses_nothing(
     assert min(e["at"] for e in drains) - last_end >= POLICY.scaledown_window - 1.0
     assert all("holding 0" in e["action"] for e in drains)  # never a busy one while idle ones exist
     assert store.desired()["threads"]["desired"] == 1
+
+
+def test_scale_fleet_changes_the_policy_in_redis_and_status_shows_it(
+    fleet_app: Any, fleet_broker: str
+) -> None:
+    from tests.conftest import taskpool_cli
+
+    app = fleet_app.app
+    app.redis.flushdb()
+    env = {"TASKPOOL_BROKER_URL": fleet_broker}
+    done = taskpool_cli(
+        "tests.apps.fleet_app",
+        *("scale", "--fleet", "threads", "--min", "0", "--max", "3", "--buffer", "2"),
+        *("--scaledown-window", "7.5"),
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "fleet threads: min_workers=0 max_workers=3 buffer_workers=2 scaledown_window=7.5" in done.stdout
+    policy = FleetStore(app.redis, app.settings.keyspace).policy("threads")
+    assert policy == FleetPolicy(
+        "threads", min_workers=0, max_workers=3, buffer_workers=2, scaledown_window=7.5
+    )
+
+    bad = taskpool_cli("tests.apps.fleet_app", "scale", "--fleet", "threads", "--min", "5", env=env)
+    assert bad.returncode == 1
+    assert "fleet of pool 'threads': min_workers=5 must not exceed max_workers=3" in bad.stderr
+    bad = taskpool_cli(
+        "tests.apps.fleet_app", "scale", "--fleet", "threads", "--scaledown-window", "nan", env=env
+    )
+    assert bad.returncode == 1 and "scaledown_window=nan must be a finite number" in bad.stderr
+    assert FleetStore(app.redis, app.settings.keyspace).policy("threads") == policy  # nothing half-applied
+
+    # One look of a controller (no workers: decide and export only), then `taskpool status`.
+    app.control.purge()
+    for i in range(5):
+        fleet_app.work.delay(i, 0.01)
+    controller = FleetController(app, ["threads"])
+    decision = controller.tick()["threads"]
+    # 5 queued on 1 slot per worker (no worker reports yet): 5 + buffer 2, bounded by max_workers 3
+    assert decision.desired == 3 and "5 queued" in decision.reason
+    status = taskpool_cli("tests.apps.fleet_app", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "fleet (workers per pool)" in status.stdout
+    assert "5 queued" in status.stdout and "0-3" in status.stdout
+    app.control.purge()

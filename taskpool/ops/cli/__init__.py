@@ -6,6 +6,7 @@ that cannot be reached. The commands live in modules of their own, by group:
 * :mod:`~taskpool.ops.cli.dead`: ``dead ls/retry/purge`` (dead letters);
 * :mod:`~taskpool.ops.cli.limits`: ``limits ls/set/rm`` and ``slots``;
 * :mod:`~taskpool.ops.cli.scale`: ``scale``;
+* :mod:`~taskpool.ops.cli.fleet`: ``fleet controller/drain``, ``up --fleet``, ``scale --fleet``;
 
 and what they share (``-A/--app``, :func:`load_app`, the console) in :mod:`~taskpool.ops.cli.common`.
 """
@@ -20,7 +21,7 @@ import kombu.exceptions
 import redis
 
 from taskpool.core.settings import env_broker_url
-from taskpool.ops.cli import dead, limits, local, scale, status
+from taskpool.ops.cli import dead, fleet, limits, local, scale, status
 from taskpool.ops.cli.common import APP_KEY, COMMAND_KEY, DEFAULT_APP, app_option, console, load_app, safe
 
 __all__ = [
@@ -85,5 +86,6 @@ for _command in (
     limits.limits,
     limits.slots,
     scale.scale,
+    fleet.fleet,
 ):
     main.add_command(_command)

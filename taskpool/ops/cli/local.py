@@ -219,6 +219,12 @@ def _default_int(variable: str, fallback: int) -> Any:
 @click.option("--gpus", type=click.IntRange(min=0), help="GPU slots of the GPU worker (default: detected).")
 @click.option("--logs/--no-logs", default=None, help="Echo services' logs [default: on, off with --demo].")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds the demo may take.")
+@click.option(
+    "--fleet",
+    "fleet_",
+    is_flag=True,
+    help="Scale the number of workers per pool (the fleet controller over local worker processes).",
+)
 def up(
     app_path: str,
     demo_: bool,
@@ -230,6 +236,7 @@ def up(
     gpus: int | None,
     logs: bool | None,
     timeout: float,
+    fleet_: bool,
 ) -> None:
     """The whole local stack, no Docker: Redis, one worker per pool the app declares, a GPU
     worker where tasks need GPU slots, and Flower, until Ctrl-C.
@@ -237,7 +244,16 @@ def up(
     Uses TASKPOOL_BROKER_URL when set, else an embedded Redis with its data under .taskpool/.
     Flower needs FLOWER_BASIC_AUTH=user:password; without it a password is generated and
     printed once. Logs are prefixed by service and kept in .taskpool/logs/.
+
+    With --fleet: Redis and the fleet controller, which runs one worker process per replica of
+    each pool, between its min_workers and max_workers (`taskpool scale --fleet`), no Flower.
     """
+    if fleet_:
+        from taskpool.core.settings import fleet_port
+        from taskpool.ops.cli.fleet import run_local_fleet
+
+        run_local_fleet(app_path, port=fleet_port())
+        return
     cores = os.cpu_count() or 2
     run_stack(
         app_path,

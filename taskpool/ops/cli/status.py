@@ -108,6 +108,9 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     for name, h in freed:
         console.print(f"{name}: slot {h.slot} {dead_holder(h)}", soft_wrap=True)
     console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
+    from taskpool.ops.cli.fleet import show_fleet
+
+    show_fleet(app)
 
 
 def _holding(tp: dict[str, Any]) -> str:
