@@ -167,3 +167,45 @@ def test_scale_fleet_changes_the_policy_in_redis_and_status_shows_it(
     assert "fleet (workers per pool)" in status.stdout
     assert "5 queued" in status.stdout and "0-3" in status.stdout
     app.control.purge()
+
+
+def test_taskpool_up_fleet_runs_the_controller_over_local_workers(
+    fleet_app: Any, fleet_broker: str, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    app = fleet_app.app
+    app.redis.flushdb()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPOOL_")}
+    env.update(
+        TASKPOOL_BROKER_URL=fleet_broker,
+        TASKPOOL_FLEET_THREADS="2,1",  # max_workers 2, min_workers 1
+        TASKPOOL_FLEET_SCALEDOWN_WINDOW="1",
+        TASKPOOL_FLEET_PORT=str(port),
+        PYTHONPATH=str(ROOT),
+        COLUMNS="200",
+    )
+    cmd = [sys.executable, "-m", "taskpool", "up", "--fleet", "-A", "tests.apps.fleet_app"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    store = FleetStore(app.redis, app.settings.keyspace)
+    try:
+        wait_for(lambda: len(consuming(store)) == 1, 60, what="the first worker of `taskpool up --fleet`")
+        results = [fleet_app.work.delay(i, 0.2) for i in range(80)]  # 80 on 8 threads: 2 workers wanted
+        assert sorted(r.get(timeout=60) for r in results) == list(range(80))
+        ended = [json.loads(x) for x in app.redis.lrange(fleet_app.ENDED, 0, -1)]
+        assert len({x["node"] for x in ended}) == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/keda", timeout=5) as reply:
+            assert "threads" in json.loads(reply.read())
+        wait_for(lambda: len(consuming(store)) == 1, 30, what="the fleet to shrink back to one worker")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "taskpool up --fleet" in out and "threads: min_workers=1 max_workers=2" in out, out
+    assert proc.returncode == 0, out
+    assert "exit codes: threads-" in out and out.rstrip().endswith("0"), out

@@ -113,14 +113,18 @@ def show_fleet(app: Any, decisions: int = 5) -> None:
 
 
 # -- taskpool up --fleet ------------------------------------------------------------------------
-def run_local_fleet(app_path: str, *, port: int, concurrency: dict[str, int] | None = None) -> None:
-    """Redis (configured or embedded), then the fleet controller over worker processes of this
-    machine, one per replica, until Ctrl-C; then every worker's warm shutdown."""
-    from taskpool.ops.cli.local import _raise_keyboard_interrupt, _stack_env_broker
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local_fleet(
+    app_path: str, *, broker: str | None, port: int, concurrency: dict[str, int] | None = None
+) -> None:
+    """Redis (``broker``, else an embedded one), then the fleet controller over worker processes
+    of this machine, one per replica, until Ctrl-C; then every worker's warm shutdown."""
     from taskpool.ops.fleet import FleetController, LocalWorkers
     from taskpool.ops.stack import declared_pools, stack_redis
 
-    broker = _stack_env_broker()
     project = Path.cwd()
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

@@ -252,7 +252,7 @@ def up(
         from taskpool.core.settings import fleet_port
         from taskpool.ops.cli.fleet import run_local_fleet
 
-        run_local_fleet(app_path, port=fleet_port())
+        run_local_fleet(app_path, broker=_stack_env_broker(), port=fleet_port())
         return
     cores = os.cpu_count() or 2
     run_stack(
