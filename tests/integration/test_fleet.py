@@ -209,3 +209,35 @@ def test_taskpool_up_fleet_runs_the_controller_over_local_workers(
     assert "taskpool up --fleet" in out and "threads: min_workers=1 max_workers=2" in out, out
     assert proc.returncode == 0, out
     assert "exit codes: threads-" in out and out.rstrip().endswith("0"), out
+
+
+def test_drain_of_a_busy_worker_finishes_what_it_holds_and_leaves_the_rest_queued(
+    fleet_app: Any, fleet_broker: str, local_workers: LocalWorkers
+) -> None:
+    from taskpool.stores.queues import queue_depth
+    from tests.conftest import taskpool_cli
+
+    app = fleet_app.app
+    store = FleetStore(app.redis, app.settings.keyspace)
+    node = local_workers.start("threads")
+    wait_for(lambda: node in store.reports(), 60, what="the worker to report")
+    app.control.purge()
+    for i in range(60):
+        fleet_app.work.delay(i, 0.3)
+    wait_for(lambda: int(store.reports()[node]["busy"]) >= 4, 20, what="the worker to be busy")
+    drained = taskpool_cli(
+        "tests.apps.fleet_app", "fleet", "drain", "--node", node, "--wait", "60",
+        env={"TASKPOOL_BROKER_URL": fleet_broker},
+    )  # fmt: skip
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "drained" in drained.stdout
+    wait_for(lambda: local_workers.reap() or not local_workers.workers, 30, what="the worker to exit")
+    assert local_workers.exited == [(node, 0)]
+
+    started = Counter(json.loads(x)["n"] for x in app.redis.lrange(fleet_app.STARTED, 0, -1))
+    ended = Counter(json.loads(x)["n"] for x in app.redis.lrange(fleet_app.ENDED, 0, -1))
+    assert started == ended, "a task was interrupted by the drain"
+    queued = queue_depth(app.redis, app.settings.queue_for("threads"))
+    assert sum(ended.values()) + queued == 60, "a message was lost"
+    assert queued > 0  # the rest waits for another worker
+    app.control.purge()
