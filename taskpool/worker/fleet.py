@@ -167,6 +167,21 @@ class FleetStep(bootsteps.StartStopStep):
             state.set_fleet(c, reporter)
         reporter.start()
 
+    def info(self, c: Any) -> dict[str, Any]:
+        """``taskpool_fleet`` in ``inspect stats`` (Flower's worker page, "Other" tab): this
+        worker's report and its pool's last fleet decision (desired, live, reason)."""
+        reporter = state.fleet_of(c)
+        if reporter is None:
+            return {}
+        out: dict[str, Any] = {"report": reporter.report(), "pool_decision": None}
+        try:
+            decision = reporter.store.desired().get(reporter.pool or "")
+        except Exception:  # Redis away: the report alone
+            decision = None
+        if decision is not None:
+            out["pool_decision"] = {k: decision.get(k) for k in ("desired", "live", "reason", "at")}
+        return {"taskpool_fleet": out}
+
     def shutdown(self, c: Any) -> None:
         reporter = state.fleet_of(c)
         if reporter is not None:

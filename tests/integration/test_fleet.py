@@ -225,6 +225,8 @@ def test_drain_of_a_busy_worker_finishes_what_it_holds_and_leaves_the_rest_queue
     for i in range(60):
         fleet_app.work.delay(i, 0.3)
     wait_for(lambda: int(store.reports()[node]["busy"]) >= 4, 20, what="the worker to be busy")
+    stats = app.control.inspect([node], timeout=2).stats()[node]["taskpool_fleet"]  # Flower's "Other" tab
+    assert stats["report"]["node"] == node and stats["report"]["capacity"] == 4
     drained = taskpool_cli(
         "tests.apps.fleet_app", "fleet", "drain", "--node", node, "--wait", "60",
         env={"TASKPOOL_BROKER_URL": fleet_broker},
