@@ -121,9 +121,12 @@ class LocalWorkers:
         return gone
 
     def stop_all(self, timeout: float = 60.0) -> dict[str, int | None]:
-        """Warm shutdown of every worker at once; SIGKILL after ``timeout`` seconds."""
+        """Warm shutdown of every worker at once; SIGKILL after ``timeout`` seconds. A worker
+        already draining is only waited for: it exits by itself, and a second SIGTERM during
+        Celery's warm shutdown would kill it (Celery restores the default handler)."""
         for w in self.workers.values():
-            w.child.terminate()
+            if w.drain_sent is None or w.terminated:
+                w.child.terminate()
         codes: dict[str, int | None] = {node: w.child.wait(timeout) for node, w in self.workers.items()}
         self.workers.clear()
         return codes

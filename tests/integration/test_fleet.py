@@ -196,8 +196,9 @@ def test_taskpool_up_fleet_runs_the_controller_over_local_workers(
     store = FleetStore(app.redis, app.settings.keyspace)
     try:
         wait_for(lambda: len(consuming(store)) == 1, 60, what="the first worker of `taskpool up --fleet`")
-        results = [fleet_app.work.delay(i, 0.2) for i in range(80)]  # 80 on 8 threads: 2 workers wanted
-        assert sorted(r.get(timeout=60) for r in results) == list(range(80))
+        # 300 on 8 threads: 2 workers wanted; one alone would take 7.5 s, the second starts in ~1 s
+        results = [fleet_app.work.delay(i, 0.2) for i in range(300)]
+        assert sorted(r.get(timeout=120) for r in results) == list(range(300))
         ended = [json.loads(x) for x in app.redis.lrange(fleet_app.ENDED, 0, -1)]
         assert len({x["node"] for x in ended}) == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/keda", timeout=5) as reply:
@@ -208,7 +209,8 @@ def test_taskpool_up_fleet_runs_the_controller_over_local_workers(
         out, _ = proc.communicate(timeout=60)
     assert "taskpool up --fleet" in out and "threads: min_workers=1 max_workers=2" in out, out
     assert proc.returncode == 0, out
-    assert "exit codes: threads-" in out and out.rstrip().endswith("0"), out
+    [codes] = [line for line in out.splitlines() if line.startswith("exit codes: threads-")]
+    assert all(part.rsplit(" ", 1)[1] == "0" for part in codes[len("exit codes: ") :].split(", ")), out
 
 
 def test_drain_of_a_busy_worker_finishes_what_it_holds_and_leaves_the_rest_queued(
@@ -243,3 +245,44 @@ def test_drain_of_a_busy_worker_finishes_what_it_holds_and_leaves_the_rest_queue
     assert sum(ended.values()) + queued == 60, "a message was lost"
     assert queued > 0  # the rest waits for another worker
     app.control.purge()
+
+
+def test_fleet_controller_command_exports_the_desired_count_for_keda(
+    fleet_app: Any, fleet_broker: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    app = fleet_app.app
+    app.redis.flushdb()
+    for i in range(10):
+        fleet_app.work.delay(i, 0.01)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPOOL_")}
+    env.update(TASKPOOL_BROKER_URL=fleet_broker, TASKPOOL_FLEET_THREADS="3,0", PYTHONPATH=str(ROOT))
+    env["TASKPOOL_FLEET_SCALEDOWN_WINDOW"] = "0.5"
+    cmd = [sys.executable, "-m", "taskpool", "fleet", "controller", "-A", "tests.apps.fleet_app"]
+    cmd += ["--port", str(port), "--address", "127.0.0.1"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+    def keda() -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/keda/threads", timeout=2) as reply:
+                return json.loads(reply.read())
+        except OSError:
+            return None
+
+    try:
+        # 10 queued, no worker (1 slot per worker until one reports): max_workers 3
+        doc = wait_for(lambda: (d := keda()) and d["desired"] == 3 and d, 30, what="the controller's answer")
+        assert doc == {"desired": 3, "live": 0, "work": 10, "capacity": 0}
+        app.control.purge()
+        wait_for(lambda: (d := keda()) and d["desired"] == 0, 30, what="scale to zero after the window")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out

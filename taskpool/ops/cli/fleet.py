@@ -172,6 +172,20 @@ def run_local_fleet(
         signal.signal(signal.SIGTERM, previous)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # -- taskpool fleet ... ----------------------------------------------------------------------------
 @click.group()
 def fleet() -> None:
@@ -227,11 +241,18 @@ def drain(app_path: str, node: str | None, wait_: float) -> None:
     if not nodes:
         console.print(f"no worker of host {host} reports: nothing to drain")
         return
+    # Local workers' pids: wait for the processes too, so a SIGTERM after the preStop hook finds
+    # them gone (one during Celery's warm shutdown would kill the process).
+    pids = [
+        int(reports[n]["pid"])
+        for n in nodes
+        if reports.get(n, {}).get("host") == host and reports[n].get("pid")
+    ]
     app.control.broadcast("taskpool_drain", destination=nodes, reply=False)
     console.print(f"draining {', '.join(nodes)}")
     deadline = time.monotonic() + wait_
     while time.monotonic() < deadline:
-        left = [n for n in nodes if n in store.reports()]
+        left = [n for n in nodes if n in store.reports()] + [f"pid {p}" for p in pids if _alive(p)]
         if not left:
             console.print("drained")
             return
