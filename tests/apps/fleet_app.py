@@ -33,3 +33,15 @@ def work(number: int, seconds: float) -> int:
     time.sleep(seconds)
     app.redis.rpush(ENDED, json.dumps({"n": number, "node": node, "at": time.time()}))
     return number
+
+
+@app.task(pool="prefork", name="tests.apps.fleet_app.work_prefork")
+def work_prefork(number: int, seconds: float) -> int:
+    """:func:`work` on the prefork pool."""
+    return work.run(number, seconds)
+
+
+@app.task(pool="gevent", name="tests.apps.fleet_app.work_gevent")
+def work_gevent(number: int, seconds: float) -> int:
+    """:func:`work` on the gevent pool."""
+    return work.run(number, seconds)

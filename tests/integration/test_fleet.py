@@ -49,7 +49,12 @@ def local_workers(fleet_app: Any, fleet_broker: str, tmp_path: Path) -> Iterator
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     workers = LocalWorkers(
-        "tests.apps.fleet_app", fleet_broker, tmp_path, concurrency={"threads": 4}, env=env, cwd=str(ROOT)
+        "tests.apps.fleet_app",
+        fleet_broker,
+        tmp_path,
+        concurrency={"threads": 4, "prefork": 2, "gevent": 4},
+        env=env,
+        cwd=str(ROOT),
     )
     yield workers
     workers.stop_all(30)
@@ -213,22 +218,26 @@ def test_taskpool_up_fleet_runs_the_controller_over_local_workers(
     assert all(part.rsplit(" ", 1)[1] == "0" for part in codes[len("exit codes: ") :].split(", ")), out
 
 
+@pytest.mark.parametrize(
+    ("pool", "task", "slots"),
+    [("threads", "work", 4), ("prefork", "work_prefork", 2), ("gevent", "work_gevent", 4)],
+)
 def test_drain_of_a_busy_worker_finishes_what_it_holds_and_leaves_the_rest_queued(
-    fleet_app: Any, fleet_broker: str, local_workers: LocalWorkers
+    fleet_app: Any, fleet_broker: str, local_workers: LocalWorkers, pool: str, task: str, slots: int
 ) -> None:
     from taskpool.stores.queues import queue_depth
     from tests.conftest import taskpool_cli
 
     app = fleet_app.app
     store = FleetStore(app.redis, app.settings.keyspace)
-    node = local_workers.start("threads")
+    node = local_workers.start(pool)
     wait_for(lambda: node in store.reports(), 60, what="the worker to report")
     app.control.purge()
     for i in range(60):
-        fleet_app.work.delay(i, 0.3)
-    wait_for(lambda: int(store.reports()[node]["busy"]) >= 4, 20, what="the worker to be busy")
+        getattr(fleet_app, task).delay(i, 0.3)
+    wait_for(lambda: int(store.reports()[node]["busy"]) >= slots, 20, what="the worker to be busy")
     stats = app.control.inspect([node], timeout=2).stats()[node]["taskpool_fleet"]  # Flower's "Other" tab
-    assert stats["report"]["node"] == node and stats["report"]["capacity"] == 4
+    assert stats["report"]["node"] == node and stats["report"]["capacity"] == slots
     drained = taskpool_cli(
         "tests.apps.fleet_app", "fleet", "drain", "--node", node, "--wait", "60",
         env={"TASKPOOL_BROKER_URL": fleet_broker},
@@ -241,7 +250,7 @@ def test_drain_of_a_busy_worker_finishes_what_it_holds_and_leaves_the_rest_queue
     started = Counter(json.loads(x)["n"] for x in app.redis.lrange(fleet_app.STARTED, 0, -1))
     ended = Counter(json.loads(x)["n"] for x in app.redis.lrange(fleet_app.ENDED, 0, -1))
     assert started == ended, "a task was interrupted by the drain"
-    queued = queue_depth(app.redis, app.settings.queue_for("threads"))
+    queued = queue_depth(app.redis, app.settings.queue_for(pool))
     assert sum(ended.values()) + queued == 60, "a message was lost"
     assert queued > 0  # the rest waits for another worker
     app.control.purge()

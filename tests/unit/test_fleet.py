@@ -144,3 +144,37 @@ def test_never_picks_a_busy_worker_while_an_idle_one_exists() -> None:
     assert pick_to_drain(workers, 2) == ["d", "b"]
     assert pick_to_drain(workers, 3) == ["d", "b", "c"]  # then the least busy
     assert pick_to_drain(workers, 0) == []
+
+
+def test_fleet_settings_from_the_environment() -> None:
+    from taskpool.core.settings import fleet_port, fleet_settings
+
+    env = {
+        "TASKPOOL_FLEET_THREADS": "8,0",
+        "TASKPOOL_FLEET_BUFFER": "2",
+        "TASKPOOL_FLEET_THREADS_SCALEDOWN_WINDOW": "30",
+        "TASKPOOL_FLEET_SCALEDOWN_WINDOW": "90",
+    }
+    assert fleet_settings("threads", env) == {
+        "max_workers": 8,
+        "min_workers": 0,
+        "buffer_workers": 2,
+        "scaledown_window": 30.0,
+    }
+    assert fleet_settings("gevent", env) == {"buffer_workers": 2, "scaledown_window": 90.0}
+    with pytest.raises(ConfigurationError, match="TASKPOOL_FLEET_BUFFER='x'"):
+        fleet_settings("gevent", {"TASKPOOL_FLEET_BUFFER": "x"})
+    with pytest.raises(ConfigurationError, match="TASKPOOL_FLEET_PREFORK='a,b'"):
+        fleet_settings("prefork", {"TASKPOOL_FLEET_PREFORK": "a,b"})
+    assert fleet_port({}) == 9809 and fleet_port({"TASKPOOL_FLEET_PORT": "0"}) == 0
+    with pytest.raises(ConfigurationError, match="TASKPOOL_FLEET_PORT='99999'"):
+        fleet_port({"TASKPOOL_FLEET_PORT": "99999"})
+
+
+def test_local_default_policy_under_the_environment() -> None:
+    from taskpool.ops.cli.fleet import default_policy
+
+    assert default_policy("gevent", {}) == FleetPolicy("gevent", 1, 4, 0, 60.0)
+    assert default_policy("gevent", {"TASKPOOL_FLEET_GEVENT": "10,2"}).max_workers == 10
+    with pytest.raises(ConfigurationError, match="fleet of pool 'gevent': min_workers=5 must not exceed"):
+        default_policy("gevent", {"TASKPOOL_FLEET_GEVENT": "3,5"})
