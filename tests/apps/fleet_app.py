@@ -45,3 +45,9 @@ def work_prefork(number: int, seconds: float) -> int:
 def work_gevent(number: int, seconds: float) -> int:
     """:func:`work` on the gevent pool."""
     return work.run(number, seconds)
+
+
+@app.task(pool="threads", max_in_flight=1, name="tests.apps.fleet_app.gated")
+def gated(number: int, seconds: float) -> int:
+    """:func:`work`, one at a time per worker: the others wait in the worker's admission gate."""
+    return work.run(number, seconds)

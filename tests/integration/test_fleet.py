@@ -295,3 +295,23 @@ def test_fleet_controller_command_exports_the_desired_count_for_keda(
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
+
+
+def test_the_signal_counts_work_that_left_the_redis_list(fleet_app: Any, local_workers: LocalWorkers) -> None:
+    """Requests held in a worker's admission gate and running are no longer in the Redis list
+    (what KEDA's Redis list scaler reads); the fleet's signal still counts every one."""
+    app = fleet_app.app
+    controller = FleetController(app, ["threads"], defaults={"threads": POLICY})
+    node = local_workers.start("threads")
+    wait_for(lambda: node in controller.store.reports(), 60, what="the worker to report")
+    for i in range(12):
+        fleet_app.gated.delay(i, 3.0)
+
+    def measured() -> Any:
+        signal, _per_worker = controller.measure(controller.store.reports())["threads"]
+        return signal if signal.work == 12 and signal.held >= 1 and signal.running == 1 else None
+
+    signal = wait_for(measured, 20, what="the signal to count the held and running requests")
+    assert signal.queued < 12  # the list alone would undercount
+    assert signal.capacity == 4 and signal.live == 1
+    app.control.purge()
