@@ -213,7 +213,10 @@ def controller(app_path: str, pools: tuple[str, ...], port: int, address: str) -
     app = load_app(app_path)
     app.redis.ping()
     chosen = list(pools) or declared_pools(app)[0]
-    defaults = {p: FleetPolicy.from_dict(p, {**LOCAL_DEFAULT, **fleet_settings(p)}) for p in chosen}
+    try:
+        defaults = {p: default_policy(p) for p in chosen}
+    except TaskpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     ctl = FleetController(app, chosen, defaults=defaults)
     if port:
         ctl.serve(port, address)
