@@ -142,3 +142,27 @@ def test_stack_services_are_ordered_safe_and_stop_gracefully(project: Path) -> N
     demo = services["demo"]
     assert demo["profiles"] == ["demo"]
     assert {"worker-gevent", "worker-threads", "worker-prefork"} <= set(demo["depends_on"])
+
+
+def test_task_events_are_on_unless_turned_off(project: Path) -> None:
+    """Workers send task events and senders task-sent events (Flower's task list) by default;
+    TASKPOOL_EVENTS=false in the environment turns them off everywhere, Flower's request too."""
+    services = resolved(project)
+    workers = [name for name, svc in services.items() if worker_pool(svc.get("command") or [])]
+    assert workers
+    for name in workers:
+        env = services[name]["environment"]
+        assert env["TASKPOOL_WORKER_SEND_TASK_EVENTS"] == "true", name
+        assert env["TASKPOOL_TASK_SEND_SENT_EVENT"] == "true", name
+    assert services["flower"]["environment"]["TASKPOOL_EVENTS"] == "true"
+    assert services["demo"]["environment"]["TASKPOOL_TASK_SEND_SENT_EVENT"] == "true"
+    done = subprocess.run(
+        [str(compose_binary()), *ALL_PROFILES, "config", "--format", "json"],
+        cwd=project, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(project), "TASKPOOL_EVENTS": "false"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    off = json.loads(done.stdout)["services"]
+    for name in workers:
+        assert off[name]["environment"]["TASKPOOL_WORKER_SEND_TASK_EVENTS"] == "false", name
+    assert off["flower"]["environment"]["TASKPOOL_EVENTS"] == "false"

@@ -81,6 +81,7 @@ def run_stack(
     timeout: float = 300.0,
     concurrency: dict[str, int] | None = None,
     autoscale: dict[str, str] | None = None,
+    events: bool = True,
 ) -> None:
     """`taskpool up`: Redis, the app's workers and Flower; the demo pipeline if asked; then wait.
 
@@ -90,7 +91,14 @@ def run_stack(
     from taskpool.core.limits import gpu_count
     from taskpool.ops.demo import run_pipeline, summary_tables
     from taskpool.ops.embedded import free_port
-    from taskpool.ops.stack import Stack, flower_credentials, plan_workers, port_free, stack_redis
+    from taskpool.ops.stack import (
+        Stack,
+        events_env,
+        flower_credentials,
+        plan_workers,
+        port_free,
+        stack_redis,
+    )
 
     broker = _stack_env_broker()
     try:
@@ -106,6 +114,7 @@ def run_stack(
     try:
         with stack_redis(project, broker) as (url, embedded):
             os.environ[BROKER_URL_ENV] = url
+            os.environ.update(events_env(events))  # before the app loads: the demo sends too
             app = load_app(app_path)
             slots = gpus if gpus is not None else gpu_count()
             specs = plan_workers(
@@ -116,6 +125,7 @@ def run_stack(
             stack = Stack(app_path, project, dict(os.environ), echo=echo)
             where = f"embedded Redis at {safe(url)} (data in .taskpool/redis)" if embedded else safe(url)
             console.print(f"[bold]taskpool up[/]: {where}", soft_wrap=True)
+            console.print(f"  task events {'on' if events else 'off (--no-events)'}")
             try:
                 stack.start_workers(specs)
                 flower_url = None
@@ -217,6 +227,12 @@ def _default_int(variable: str, fallback: int) -> Any:
     help="Worker i serves Prometheus metrics on this port + i; 0: off.",
 )
 @click.option("--gpus", type=click.IntRange(min=0), help="GPU slots of the GPU worker (default: detected).")
+@click.option(
+    "--events/--no-events",
+    default=lambda: _events_default(),
+    show_default="TASKPOOL_EVENTS or on",
+    help="Task events (Flower's task list and counters); they cost throughput, see the README.",
+)
 @click.option("--logs/--no-logs", default=None, help="Echo services' logs [default: on, off with --demo].")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds the demo may take.")
 def up(
@@ -228,6 +244,7 @@ def up(
     flower_port: int,
     metrics_port: int,
     gpus: int | None,
+    events: bool,
     logs: bool | None,
     timeout: float,
 ) -> None:
@@ -250,7 +267,17 @@ def up(
         echo=logs if logs is not None else not demo_,
         timeout=timeout,
         autoscale={"prefork": f"{max(2, cores)},1", "threads": "8,2", "gevent": "100,10"},
+        events=events,
     )
+
+
+def _events_default() -> bool:
+    from taskpool.ops.stack import events_enabled
+
+    try:
+        return events_enabled()
+    except TaskpoolError as exc:
+        raise click.BadParameter(str(exc), param_hint="TASKPOOL_EVENTS") from None
 
 
 @click.command()
@@ -283,6 +310,7 @@ def demo(app_path: str, items: int, timeout: float, verbose: bool, attach: bool)
         echo=verbose,
         timeout=timeout,
         concurrency={"prefork": 2, "threads": 4, "gevent": 20},
+        events=_events_default(),
     )
 
 
