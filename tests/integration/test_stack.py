@@ -216,9 +216,9 @@ def test_status_shows_workers_queues_and_dead_letters(stack: RunningStack) -> No
         assert re.search(rf"│ {pool}\s+│ {pool}@", out), out
         assert re.search(rf"│ taskpool\.{pool}\s+│ 0\s+│", out), out  # queues drained by the demo
     assert "dead letters: 0" in out
-    # Each autoscaled worker's last decision, one readable line (HH:MM:SS  from -> to  reason).
-    for pool in ("gevent", "threads", "prefork"):
-        assert re.search(rf"{pool}@\S+: autoscaler \d\d:\d\d:\d\d  \d+ -> \d+  \S", out), out
+    # An autoscaler's last decision, one readable line (HH:MM:SS  from -> to  reason): the demo
+    # made the gevent pool grow at least.
+    assert re.search(r"gevent@\S+: autoscaler \d\d:\d\d:\d\d  \d+ -> \d+  \S", out), out
     done = subprocess.run(
         [sys.executable, "-m", "taskpool", "status", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
@@ -228,12 +228,13 @@ def test_status_shows_workers_queues_and_dead_letters(stack: RunningStack) -> No
     assert sorted(w["taskpool"]["pool"] for w in doc["workers"].values()) == ["gevent", "prefork", "threads"]
     for node, w in doc["workers"].items():
         assert w["readable"]["at"][:4].isdigit() and "T" in w["readable"]["at"], node
-        assert w["autoscaler"]["decisions"], node  # machine form: epoch seconds
-        assert isinstance(w["autoscaler"]["decisions"][-1]["at"], float), node
+        assert all(isinstance(d["at"], float) for d in w["autoscaler"]["decisions"]), node  # epoch s
     for pool in ("gevent", "threads", "prefork"):
         assert doc["queues"][f"taskpool.{pool}"]["depth"] == 0
         assert doc["queues"][f"taskpool.{pool}"]["consumed_by"], pool
     assert doc["dead_letters"] == 0
+    gevent = next(w for w in doc["workers"].values() if w["taskpool"]["pool"] == "gevent")
+    assert gevent["autoscaler"]["decisions"] and gevent["readable"]["history"]
 
 
 def test_flower_shows_taskpool_data_behind_basic_auth(stack: RunningStack) -> None:
