@@ -288,6 +288,8 @@ class Stack:
         self.workers: list[Service] = []
         self.flower: Service | None = None
         self.specs: list[WorkerSpec] = []
+        #: Prometheus and Grafana (`taskpool up --monitoring`): stopped first.
+        self.programs: list[Service] = []
 
     def log_file(self, name: str) -> Path:
         return self.project_dir / ".taskpool" / "logs" / f"{name}.log"
@@ -321,9 +323,16 @@ class Stack:
         self.flower.start()
         return self.flower
 
+    def start_program(self, name: str, argv: list[str], env: dict[str, str]) -> Service:
+        """Another child of the stack (Prometheus, Grafana), logged to ``.taskpool/logs/NAME.log``."""
+        svc = Service(name, argv, {**self.env, **env}, self.log_file(name), echo=self.echo)
+        svc.start()
+        self.programs.append(svc)
+        return svc
+
     @property
     def services(self) -> list[Service]:
-        return self.workers + ([self.flower] if self.flower else [])
+        return self.workers + ([self.flower] if self.flower else []) + self.programs
 
     def crashed(self) -> list[Service]:
         return [svc for svc in self.services if svc.crashed()]
@@ -355,6 +364,8 @@ class Stack:
         """
         codes: dict[str, int | None] = {}
         try:
+            for svc in self.programs:
+                codes[svc.name] = svc.stop(10)
             if self.flower is not None:
                 codes["flower"] = self.flower.stop(10)
             for svc in self.workers:

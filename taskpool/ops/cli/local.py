@@ -82,6 +82,7 @@ def run_stack(
     concurrency: dict[str, int] | None = None,
     autoscale: dict[str, str] | None = None,
     events: bool = True,
+    monitoring: dict[str, float] | None = None,
 ) -> None:
     """`taskpool up`: Redis, the app's workers and Flower; the demo pipeline if asked; then wait.
 
@@ -108,6 +109,15 @@ def run_stack(
     if flower and flower_port and not port_free(flower_port):
         raise click.ClickException(f"port {flower_port} is in use: give --flower-port (0 picks a free one)")
     flower_port = flower_port or free_port()
+    if monitoring is not None:
+        if not metrics_port:
+            raise click.ClickException("--monitoring needs the workers' metrics: set --metrics-port, not 0")
+        monitoring = dict(monitoring)
+        for key in ("prometheus_port", "grafana_port"):
+            option, wanted = "--" + key.replace("_", "-"), int(monitoring[key])
+            if wanted and not port_free(wanted):
+                raise click.ClickException(f"port {wanted} is in use: give {option} (0 picks a free one)")
+            monitoring[key] = monitoring[key] or free_port()
     project = Path.cwd()
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     started = time.monotonic()
@@ -148,6 +158,9 @@ def run_stack(
                         "is cpu); set --gpus or TASKPOOL_GPUS"
                     )
                 stack.wait_ready(app.control, 120.0, flower_url)
+                if monitoring is not None:
+                    flower_at = flower_port if flower else None
+                    start_monitoring(stack, project, monitoring, flower_at, flower_auth[0])
                 console.print(f"stack ready in {time.monotonic() - started:.1f} s")
 
                 def watch() -> None:
@@ -194,6 +207,46 @@ def run_stack(
     console.print("stopped cleanly")
 
 
+def start_monitoring(
+    stack: Any, project: Path, options: dict[str, float], flower_port: int | None, flower_auth: str
+) -> None:
+    """Prometheus (scraping every worker's metrics port and Flower) and Grafana (the taskpool
+    dashboard), when their binaries are installed; otherwise says how to get them."""
+    import secrets
+
+    from taskpool.ops import monitoring as mon
+
+    workdir = project / ".taskpool" / "monitoring"
+    prometheus = mon.prometheus_binary()
+    if prometheus is None:
+        console.print(f"  [yellow]no prometheus[/]: {mon.PROMETHEUS_HOWTO}", soft_wrap=True)
+        return
+    ports = {s.service: s.env.get(METRICS_PORT_ENV) for s in stack.specs}
+    targets = {service: f"127.0.0.1:{port}" for service, port in ports.items() if port}
+    program = mon.prometheus_program(
+        prometheus,
+        workdir,
+        port=int(options["prometheus_port"]),
+        workers=targets,
+        flower=f"127.0.0.1:{flower_port}" if flower_port else None,
+        flower_auth=flower_auth,
+        interval=options["scrape_interval"],
+    )
+    svc = stack.start_program(program.name, program.argv, program.env)
+    console.print(f"  prometheus (pid {svc.pid}): {program.url}  (config {workdir / 'prometheus.yml'})")
+    grafana = mon.grafana_binary()
+    if grafana is None:
+        console.print(f"  [yellow]no grafana[/]: {mon.GRAFANA_HOWTO}", soft_wrap=True)
+        return
+    password = secrets.token_urlsafe(12)
+    program = mon.grafana_program(
+        grafana, workdir, project, port=int(options["grafana_port"]), prometheus_url=program.url,
+        admin_password=password,
+    )  # fmt: skip
+    svc = stack.start_program(program.name, program.argv, program.env)
+    console.print(f"  grafana (pid {svc.pid}): {program.url}  user admin, password {password} (generated)")
+
+
 class ServiceCrashed(Exception):
     """A service of the stack exited on its own."""
 
@@ -233,6 +286,21 @@ def _default_int(variable: str, fallback: int) -> Any:
     show_default="TASKPOOL_EVENTS or on",
     help="Task events (Flower's task list and counters); they cost throughput, see the README.",
 )
+@click.option(
+    "--monitoring/--no-monitoring",
+    default=False,
+    show_default=True,
+    help="Start Prometheus and Grafana (the taskpool dashboard) when installed; else say how to get them.",
+)
+@click.option("--prometheus-port", type=click.IntRange(min=0, max=65535), default=9090, show_default=True)
+@click.option("--grafana-port", type=click.IntRange(min=0, max=65535), default=3000, show_default=True)
+@click.option(
+    "--scrape-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between Prometheus's scrapes.",
+)
 @click.option("--logs/--no-logs", default=None, help="Echo services' logs [default: on, off with --demo].")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds the demo may take.")
 def up(
@@ -245,6 +313,10 @@ def up(
     metrics_port: int,
     gpus: int | None,
     events: bool,
+    monitoring: bool,
+    prometheus_port: int,
+    grafana_port: int,
+    scrape_interval: float,
     logs: bool | None,
     timeout: float,
 ) -> None:
@@ -268,6 +340,13 @@ def up(
         timeout=timeout,
         autoscale={"prefork": f"{max(2, cores)},1", "threads": "8,2", "gevent": "100,10"},
         events=events,
+        monitoring={
+            "prometheus_port": prometheus_port,
+            "grafana_port": grafana_port,
+            "scrape_interval": scrape_interval,
+        }
+        if monitoring
+        else None,
     )
 
 
