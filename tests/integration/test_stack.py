@@ -311,6 +311,7 @@ def test_flower_shows_taskpool_data_behind_basic_auth(stack: RunningStack) -> No
             page.screenshot(path=str(ARTIFACTS / "flower-worker-prefork.png"), full_page=True)
             # The gevent worker's autoscaler grew the pool for the demo: its last decision, readable.
             page.goto(f"{base}/worker/{gevent_node}", timeout=30_000)
+            panel = page.locator(".worker-autoscaler-panel").inner_text()  # the Pool tab, first shown
             page.click("#worker-tab-other")
             page.wait_for_selector("#tab-other.active.show", timeout=10_000)
             readable = page.locator("#tab-other").inner_text()
@@ -330,6 +331,7 @@ def test_flower_shows_taskpool_data_behind_basic_auth(stack: RunningStack) -> No
     assert "taskpool (readable)" in readable, readable
     decision = r"'last decision': '\d\d:\d\d:\d\d\s+\d+ -> \d+\s+\S[^']*\((just now|\d+ \w+ ago)\)'"
     assert re.search(decision, readable), readable
+    assert re.search(r"Last decision \(readable\)\s+\d\d:\d\d:\d\d\s+\d+ -> \d+\s+\S", panel), panel
     shown = readable.split("taskpool (readable)", 1)[1].split("\n", 1)[0]  # its row
     assert not re.search(r"\b1\d{9}\.\d+", shown), shown  # times as ISO-8601 and HH:MM:SS, no epoch
     assert "SUCCESS" in listed and any(step in listed for step in STEPS), listed
