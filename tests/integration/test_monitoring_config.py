@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from taskpool.ops.monitoring import (
+    DASHBOARD,
+    DATASOURCE_UID,
     FLOWER_USER_PLACEHOLDER,
     PROMETHEUS_CONFIG,
+    grafana_program,
     local_prometheus_config,
     prometheus_program,
     render_compose_config,
@@ -74,3 +77,18 @@ def test_promtool_refuses_a_bad_config(tmp_path: Path, bad: dict[str, str]) -> N
     path = tmp_path / "bad.yml"
     path.write_text(json.dumps(config))
     assert check(path).returncode != 0
+
+
+def test_grafana_provisioning_for_a_local_stack(tmp_path: Path) -> None:
+    """The files `taskpool up --monitoring` gives Grafana (its start is not tested: no binary here)."""
+    program = grafana_program(
+        "/opt/grafana/bin/grafana", tmp_path, ROOT, port=3001, prometheus_url="http://127.0.0.1:9091",
+        admin_password="pw-123456789012",
+    )  # fmt: skip
+    assert program.argv[:2] == ["/opt/grafana/bin/grafana", "server"]
+    assert program.env["GF_SERVER_HTTP_PORT"] == "3001" and program.env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    provisioning = Path(program.env["GF_PATHS_PROVISIONING"])
+    datasource = json.loads((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://127.0.0.1:9091" and datasource["uid"] == DATASOURCE_UID
+    provider = json.loads((provisioning / "dashboards" / "taskpool.yml").read_text())["providers"][0]
+    assert (Path(provider["options"]["path"]) / "taskpool.json") == (ROOT / DASHBOARD).resolve()

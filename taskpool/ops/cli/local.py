@@ -238,13 +238,22 @@ def start_monitoring(
     if grafana is None:
         console.print(f"  [yellow]no grafana[/]: {mon.GRAFANA_HOWTO}", soft_wrap=True)
         return
-    password = secrets.token_urlsafe(12)
+    # Grafana sets the admin password when it creates its database only: keep the first one.
+    saved = workdir / "grafana.password"
+    password = saved.read_text().strip() if saved.exists() else ""
+    login = f"password in {saved}"
+    if not password:
+        password = secrets.token_urlsafe(12)
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password)
+        login = f"password {password} (generated; kept in {saved})"
     program = mon.grafana_program(
         grafana, workdir, project, port=int(options["grafana_port"]), prometheus_url=program.url,
         admin_password=password,
     )  # fmt: skip
     svc = stack.start_program(program.name, program.argv, program.env)
-    console.print(f"  grafana (pid {svc.pid}): {program.url}  user admin, password {password} (generated)")
+    console.print(f"  grafana (pid {svc.pid}): {program.url}  user admin, {login}", soft_wrap=True)
 
 
 class ServiceCrashed(Exception):
