@@ -1,6 +1,6 @@
 """Real work, plain Celery (its own defaults) against taskpool (its own defaults), same run.
 
-    .venv/bin/python bench/throughput.py [--rounds R] [--only NAME,...] [--scale F]
+    .venv/bin/python bench/throughput.py [--rounds R] [--only NAME,...] [--scale F] [--events]
 
 Starts its own redis-server (never the machine's). For every round it runs, one worker group at a
 time so two groups never share the 2 cores, the same workloads on both sides: no-op tasks on each
@@ -9,6 +9,11 @@ same with ``max_in_flight`` equal to the pool size, and a three-pool pipeline (a
 CPU on prefork -> blocking I/O on threads, one canvas chain per event). The order of the sides
 alternates between rounds; each workload reports the median seconds of each side and the ratio
 plain / taskpool (> 1: taskpool is faster). See bench/README.md.
+
+``--events``: both sides with task events on, as `taskpool up` and compose run by default (what
+Flower shows): workers send task events (``-E``) and every sender a ``task-sent`` event
+(``task_send_sent_event``, the workers' chains included). The base is then plain Celery with
+events; results go to ``bench/results/throughput_events.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
+EVENTS_RESULTS = ROOT / "bench" / "results" / "throughput_events.json"
 TARGET = 0.95  # throughput ratio taskpool / plain Celery
 PIPELINE_TARGET = 0.90  # share of the ideal makespan
 KINDS = {"plain": ("bench.apps.real_plain", 1), "taskpool": ("bench.apps.real_taskpool", 2)}  # module, db
@@ -102,7 +108,9 @@ def groups(scale: float) -> list[Group]:
 class Worker:
     """One `celery worker` subprocess in its own session."""
 
-    def __init__(self, kind: str, pool: str, concurrency: int, env: dict[str, str], log: Path, queue: str):
+    def __init__(
+        self, kind: str, pool: str, concurrency: int, env: dict[str, str], log: Path, queue: str, events: bool
+    ):
         self.hostname = f"{kind}-{pool}-{concurrency}@bench"
         self.log = log
         self.argv = [
@@ -112,6 +120,8 @@ class Worker:
         ]  # fmt: skip
         if queue:
             self.argv += ["-Q", queue]
+        if events:
+            self.argv.append("-E")  # worker_send_task_events, on both sides
         self.env = env
         self.process: Child | None = None
 
@@ -158,16 +168,17 @@ def run_calls(mod: Any, task_name: str, n: int, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def run_group(group: Group, kind: str, mod: Any, env: dict[str, str], log_dir: Path, tag: str) -> list[str]:
+def run_group(
+    group: Group, kind: str, mod: Any, env: dict[str, str], log_dir: Path, tag: str, events: bool = False
+) -> list[str]:
     """Start the group's workers for one side, warm up, time each workload; returns worker errors."""
     workers = []
     for pool, concurrency in group.workers:
         queue = ""
         if group.name == "pipeline" and kind == "plain":
             queue = f"real.{pool}"  # plain Celery: routed by hand, one queue per pool
-        workers.append(
-            Worker(kind, pool, concurrency, env, log_dir / f"{tag}-{kind}-{pool}{concurrency}.log", queue)
-        )
+        log = log_dir / f"{tag}-{kind}-{pool}{concurrency}.log"
+        workers.append(Worker(kind, pool, concurrency, env, log, queue, events))
     try:
         for w in workers:
             w.start()
@@ -207,6 +218,8 @@ def run_bench(args: argparse.Namespace, chosen: list[Group]) -> list[str]:
                 TASKPOOL_BROKER_URL=urls["taskpool"],
                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             )
+            if args.events:  # task-sent events from every sender: this process and the workers
+                os.environ.update(BENCH_TASK_SEND_SENT_EVENT="1", TASKPOOL_TASK_SEND_SENT_EVENT="true")
             env = dict(os.environ)
             mods = {kind: importlib.import_module(mod) for kind, (mod, _) in KINDS.items()}
             print(f"redis-server {server.url} (temp dir, appendonly off); plain on db 1, taskpool on db 2")
@@ -219,7 +232,7 @@ def run_bench(args: argparse.Namespace, chosen: list[Group]) -> list[str]:
                     print(f"  {group.name}", flush=True)
                     for kind in order:
                         redis.Redis.from_url(urls[kind]).flushdb()
-                        errors += run_group(group, kind, mods[kind], env, log_dir, f"r{rnd + 1}")
+                        errors += run_group(group, kind, mods[kind], env, log_dir, f"r{rnd + 1}", args.events)
         finally:
             server.stop()
     return errors
@@ -283,7 +296,9 @@ def report(args: argparse.Namespace, chosen: list[Group], errors: list[str], wal
         "rounds": args.rounds,
         "scale": args.scale,
         "statistic": "median",
-        "base": "plain Celery with its own defaults (only broker and result backend set)",
+        "base": "plain Celery with its own defaults (only broker and result backend set)"
+        + (", task events on (-E, task_send_sent_event) on both sides" if args.events else ""),
+        "events": args.events,
         "targets": {"ratio": TARGET, "pipeline_of_ideal": PIPELINE_TARGET},
         "worker_errors": errors,
         "celery": celery.__version__,
@@ -294,8 +309,9 @@ def report(args: argparse.Namespace, chosen: list[Group], errors: list[str], wal
         "results": rows,
     }
     if not args.only:
-        RESULTS.write_text(json.dumps(data, indent=2, default=repr) + "\n")
-        print(f"results written to {RESULTS.relative_to(ROOT)}")
+        path = EVENTS_RESULTS if args.events else RESULTS
+        path.write_text(json.dumps(data, indent=2, default=repr) + "\n")
+        print(f"results written to {path.relative_to(ROOT)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated groups: prefork, threads, gevent20, gevent100, pipeline"
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the task counts (default 1)")
+    parser.add_argument(
+        "--events", action="store_true", help="task events on, both sides (taskpool up's default)"
+    )
     args = parser.parse_args(argv)
     keys = {"prefork": 0, "threads": 1, "gevent20": 2, "gevent100": 3, "pipeline": 4}
     every = groups(args.scale)

@@ -23,5 +23,6 @@ protect_metrics()
 
 # Keep the dashboard's memory bounded.
 max_tasks = int(os.environ.get("FLOWER_MAX_TASKS", "10000"))
-# Flower asks workers to send task events so it can show them.
-enable_events = True
+# Flower asks workers to send task events so it can show them, unless TASKPOOL_EVENTS=false
+# (`taskpool up --no-events`): then it would turn them back on behind the user's back.
+enable_events = os.environ.get("TASKPOOL_EVENTS", "true").strip().lower() not in ("false", "0", "no", "off")

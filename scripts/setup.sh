@@ -6,7 +6,7 @@
 #
 # `--tests` (scripts/test.sh passes it) also installs the system package the suite needs:
 # Debian's chromium, which the Flower browser test drives (Playwright cannot download its
-# own browser here). As root with apt-get it is installed; otherwise the script says what
+# own browser here), and Debian's prometheus (promtool and the monitoring test). As root with apt-get it is installed; otherwise the script says what
 # to run and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,14 +25,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-if [ "${1:-}" = "--tests" ] && [ ! -x /usr/bin/chromium ]; then
+# Debian's prometheus: promtool checks config/prometheus/ and a real Prometheus scrapes real
+# workers in tests/integration/test_monitoring.py.
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/promtool ] || missing="$missing prometheus"
+if [ "${1:-}" = "--tests" ] && [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian's chromium for the Flower browser test (apt-get)"
+    echo "setup: installing Debian's$missing for the browser and monitoring tests (apt-get)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
-    echo "setup: the tests need /usr/bin/chromium (the Flower browser test):" >&2
-    echo "       sudo apt-get install chromium    # then run this again" >&2
+    echo "setup: the tests need /usr/bin/chromium (the Flower browser test) and /usr/bin/promtool" >&2
+    echo "       (the monitoring tests):" >&2
+    echo "       sudo apt-get install$missing    # then run this again" >&2
     exit 1
   fi
 fi

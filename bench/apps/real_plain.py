@@ -8,6 +8,7 @@ Celery user would do it; the other tasks use Celery's default queue.
 
 from __future__ import annotations
 
+import os
 import time
 
 from celery import Celery
@@ -16,6 +17,8 @@ from bench.apps.plain_conf import broker_url
 from bench.apps.work import busy
 
 app = Celery("real_plain", broker=broker_url(), backend=broker_url())
+# bench/throughput.py --events: task-sent events too (the workers get -E), as taskpool's side.
+app.conf.task_send_sent_event = os.environ.get("BENCH_TASK_SEND_SENT_EVENT") == "1"
 app.conf.task_routes = {
     "bench.apps.real_plain.download": {"queue": "real.gevent"},
     "bench.apps.real_plain.model": {"queue": "real.prefork"},

@@ -29,6 +29,34 @@ from taskpool.core.settings import BROKER_URL_ENV, GPUS_ENV, METRICS_PORT_ENV, P
 from taskpool.ops.embedded import RedisServer
 from taskpool.ops.launcher import Child, launch
 
+#: ``TASKPOOL_EVENTS``: task events on (the default) or off, for `taskpool up`, compose and Flower.
+EVENTS_ENV = "TASKPOOL_EVENTS"
+
+
+def events_enabled(environ: dict[str, str] | None = None) -> bool:
+    """``TASKPOOL_EVENTS`` as a bool (default on); a clear error on a value that is not one."""
+    from celery.utils.serialization import strtobool
+
+    raw = (os.environ if environ is None else environ).get(EVENTS_ENV, "") or "true"
+    try:
+        return bool(strtobool(raw))
+    except (KeyError, ValueError, TypeError):
+        raise ConfigurationError(f"{EVENTS_ENV}={raw!r}: expected true or false") from None
+
+
+def events_env(on: bool) -> dict[str, str]:
+    """The variables that turn task events on or off in every process of the stack: workers send
+    task events (``worker_send_task_events``, what ``celery worker -E`` sets) and every sender,
+    the workers' chains included, a ``task-sent`` event (``task_send_sent_event``), so Flower
+    lists queued tasks too; ``TASKPOOL_EVENTS`` tells Flower's config whether to ask for them."""
+    value = "true" if on else "false"
+    return {
+        EVENTS_ENV: value,
+        "TASKPOOL_WORKER_SEND_TASK_EVENTS": value,
+        "TASKPOOL_TASK_SEND_SENT_EVENT": value,
+    }
+
+
 #: Default concurrency of `taskpool worker` and the local stack, per pool.
 DEFAULT_CONCURRENCY = {"prefork": max(2, os.cpu_count() or 2), "threads": 8, "gevent": 100}
 
@@ -260,6 +288,8 @@ class Stack:
         self.workers: list[Service] = []
         self.flower: Service | None = None
         self.specs: list[WorkerSpec] = []
+        #: Prometheus and Grafana (`taskpool up --monitoring`): stopped first.
+        self.programs: list[Service] = []
 
     def log_file(self, name: str) -> Path:
         return self.project_dir / ".taskpool" / "logs" / f"{name}.log"
@@ -293,9 +323,16 @@ class Stack:
         self.flower.start()
         return self.flower
 
+    def start_program(self, name: str, argv: list[str], env: dict[str, str]) -> Service:
+        """Another child of the stack (Prometheus, Grafana), logged to ``.taskpool/logs/NAME.log``."""
+        svc = Service(name, argv, {**self.env, **env}, self.log_file(name), echo=self.echo)
+        svc.start()
+        self.programs.append(svc)
+        return svc
+
     @property
     def services(self) -> list[Service]:
-        return self.workers + ([self.flower] if self.flower else [])
+        return self.workers + ([self.flower] if self.flower else []) + self.programs
 
     def crashed(self) -> list[Service]:
         return [svc for svc in self.services if svc.crashed()]
@@ -327,6 +364,8 @@ class Stack:
         """
         codes: dict[str, int | None] = {}
         try:
+            for svc in self.programs:
+                codes[svc.name] = svc.stop(10)
             if self.flower is not None:
                 codes["flower"] = self.flower.stop(10)
             for svc in self.workers:

@@ -12,8 +12,11 @@ Two sources:
   writes its own file in a folder of the worker's, and the main process adds them up at scrape.
 - Read at scrape time in the main process (:func:`taskpool.stats.worker_snapshot`): pool size
   and the autoscaler's bounds and target, requests in flight and reserved per task, slots held
-  and requests waiting per semaphore (limits, in-flight caps, GPU slots), the admission gate's
-  counters.
+  and requests waiting per semaphore (limits, in-flight caps, GPU slots), the depth of each queue
+  the worker consumes, the admission gate's counters. A task or semaphore seen once stays in
+  the output at 0, so a graph drops to 0 instead of ending.
+
+:data:`METRICS` lists every metric by name (what Grafana's dashboard may query).
 """
 
 from __future__ import annotations
@@ -29,10 +32,46 @@ from typing import Any
 
 from celery import bootsteps, signals
 
+from taskpool.core.names import queue_keyprefix
 from taskpool.core.settings import metrics_address, metrics_port
+from taskpool.stores.queues import queue_depths
 from taskpool.worker.stats import worker_snapshot
 
 logger = logging.getLogger("taskpool.metrics")
+
+#: The admission gate's counters, exported as ``taskpool_admission_<name>_total{pool}``.
+ADMISSION_COUNTERS = (
+    "admitted", "waited", "released", "failed_admission", "lost_leases",
+    "handed_back", "reoffered", "kept", "dropped_at_reconnect",
+)  # fmt: skip
+
+#: Every metric a worker exports: name -> (type, labels). A scrape shows counters with
+#: ``_total`` and histograms as ``_bucket``, ``_sum`` and ``_count`` (:func:`series_names`).
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "taskpool_tasks_started": ("counter", ("task",)),
+    "taskpool_tasks_finished": ("counter", ("task", "state")),
+    "taskpool_task_retries": ("counter", ("task",)),
+    "taskpool_dead_letters": ("counter", ("task",)),
+    "taskpool_task_duration_seconds": ("histogram", ("task",)),
+    "taskpool_pool_processes": ("gauge", ("pool",)),
+    "taskpool_pool_min_processes": ("gauge", ("pool",)),
+    "taskpool_pool_max_processes": ("gauge", ("pool",)),
+    "taskpool_autoscaler_target": ("gauge", ("pool",)),
+    "taskpool_tasks_active": ("gauge", ("task",)),
+    "taskpool_tasks_reserved": ("gauge", ("task",)),
+    "taskpool_slots_held": ("gauge", ("semaphore",)),
+    "taskpool_slot_waiters": ("gauge", ("semaphore",)),
+    "taskpool_queue_depth": ("gauge", ("queue",)),
+    **{f"taskpool_admission_{name}": ("counter", ("pool",)) for name in ADMISSION_COUNTERS},
+}
+
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def series_names() -> set[str]:
+    """The names a scrape of a worker shows (``taskpool_tasks_started_total``, ...)."""
+    return {name + suffix for name, (kind, _) in METRICS.items() for suffix in _SUFFIXES[kind]}
+
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -104,6 +143,13 @@ class WorkerCollector:
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
+        #: Labels seen in earlier scrapes, per metric: reported at 0 once they are gone.
+        self._seen: dict[str, set[str]] = {}
+
+    def _with_zeros(self, metric: str, values: dict[str, int]) -> dict[str, int]:
+        seen = self._seen.setdefault(metric, set())
+        seen.update(values)
+        return {label: values.get(label, 0) for label in sorted(seen)}
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -128,7 +174,7 @@ class WorkerCollector:
             ("reserved", "taskpool_tasks_reserved", "Requests received and not started, per task."),
         ):
             g = GaugeMetricFamily(name, doc, labels=["task"])
-            for task, n in snap[key].items():
+            for task, n in self._with_zeros(name, snap[key]).items():
                 g.add_metric([task], float(n))
             yield g
         for key, name, doc in (
@@ -136,8 +182,16 @@ class WorkerCollector:
             ("slots_waiting", "taskpool_slot_waiters", "Requests waiting for a semaphore's slots."),
         ):
             g = GaugeMetricFamily(name, doc, labels=["semaphore"])
-            for sem, n in snap[key].items():
+            for sem, n in self._with_zeros(name, snap[key]).items():
                 g.add_metric([sem], float(n))
+            yield g
+        depths = self._queue_depths(snap["queues"])
+        if depths is not None:
+            g = GaugeMetricFamily(
+                "taskpool_queue_depth", "Messages waiting in a queue this worker consumes.", labels=["queue"]
+            )
+            for queue, n in depths.items():
+                g.add_metric([queue], float(n))
             yield g
         for key, value in snap["admission"].items():
             c = CounterMetricFamily(
@@ -145,6 +199,19 @@ class WorkerCollector:
             )
             c.add_metric([pool], float(value))
             yield c
+
+    def _queue_depths(self, queues: list[str]) -> dict[str, int] | None:
+        """Depth of each queue in Redis; None (no samples) when Redis cannot be reached."""
+        import redis
+
+        app = self.worker.app
+        client = getattr(app, "redis", None)
+        if client is None or not queues:
+            return None
+        try:
+            return queue_depths(client, queues, keyprefix=queue_keyprefix(app.conf.broker_transport_options))
+        except redis.RedisError:
+            return None
 
 
 class MetricsStep(bootsteps.StartStopStep):

@@ -3,12 +3,14 @@
 One snapshot, :func:`worker_snapshot`, read from the worker's main process: the taskpool pool it
 serves, its concurrency (and the autoscaler's bounds and target), the queues it consumes, the
 tasks in flight per task name, and the slots its requests hold or wait for. The consumer
-bootstep :class:`StatsStep` adds it to ``inspect stats``; :mod:`taskpool.metrics` exports the same
-snapshot to Prometheus.
+bootstep :class:`StatsStep` adds it to ``inspect stats``, and beside it the same data shaped for
+people as ``taskpool (readable)`` (:mod:`taskpool.worker.readable`); :mod:`taskpool.metrics`
+exports the same snapshot to Prometheus.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -19,6 +21,8 @@ from taskpool.core.errors import ConfigurationError
 from taskpool.core.names import GPU, kind_of
 from taskpool.core.settings import metrics_port
 from taskpool.worker.state import gate_of
+
+logger = logging.getLogger("taskpool.stats")
 
 #: Entries of the gate's info that are not counters (the rest go to ``admission``).
 _NOT_COUNTERS = ("owner", "held", "waiting", "bounds", "peers")
@@ -125,4 +129,26 @@ class StatsStep(bootsteps.StartStopStep):
     label = "taskpool stats"
 
     def info(self, c: Any) -> dict[str, Any]:
-        return {"taskpool": worker_snapshot(c.app, c)}
+        snapshot = worker_snapshot(c.app, c)
+        return {"taskpool": snapshot, READABLE_KEY: readable_snapshot(c, snapshot)}
+
+
+#: The key of the snapshot shaped for people (:mod:`taskpool.worker.readable`) in ``inspect stats``.
+READABLE_KEY = "taskpool (readable)"
+
+
+def readable_snapshot(consumer: Any, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``snapshot`` with the autoscaler's decisions and the gate's waiters, for people."""
+    from taskpool.worker.readable import readable
+
+    try:
+        scaler = getattr(getattr(consumer, "controller", None), "autoscaler", None)
+        gate = gate_of(consumer)
+        return readable(
+            snapshot,
+            scaler.info() if scaler is not None and hasattr(scaler, "info") else None,
+            gate.info() if gate is not None else None,
+        )
+    except Exception as exc:  # stats must answer even if a part cannot be shaped
+        logger.exception("taskpool: readable stats failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}

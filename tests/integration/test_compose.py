@@ -17,7 +17,7 @@ import pytest
 from taskpool.core.settings import POOLS
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_PROFILES = ("--profile", "gpu", "--profile", "demo")
+ALL_PROFILES = ("--profile", "gpu", "--profile", "demo", "--profile", "monitoring")
 
 
 def compose_binary() -> Path:
@@ -36,9 +36,12 @@ def project(tmp_path: Path) -> Path:
     for name in ("compose.yaml", "Dockerfile", ".dockerignore"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(
-        ROOT / "config", tmp_path / "config", ignore=shutil.ignore_patterns("flower.env", "redis.env")
+        ROOT / "config",
+        tmp_path / "config",
+        ignore=shutil.ignore_patterns("flower.env", "redis.env", "grafana.env"),
     )
     shutil.copy(tmp_path / "config" / "flower.env.example", tmp_path / "config" / "flower.env")
+    shutil.copy(tmp_path / "config" / "grafana.env.example", tmp_path / "config" / "grafana.env")
     (tmp_path / "config" / "redis.env").write_text("TASKPOOL_REDIS_PASSWORD=Compose-Test-Pw-4821\n")
     return tmp_path
 
@@ -84,7 +87,9 @@ def test_flower_has_no_default_password(project: Path) -> None:
     done = compose(project, "config", "-q")
     assert done.returncode != 0 and "flower.env" in done.stderr, done.stderr
     text = (ROOT / "compose.yaml").read_text()
-    assert "FLOWER_BASIC_AUTH" not in text.replace("# FLOWER_BASIC_AUTH", "")
+    # No value anywhere: only the comment names the form, and Prometheus's entrypoint reads it.
+    assert "FLOWER_BASIC_AUTH=" not in text.replace("# FLOWER_BASIC_AUTH=user:password", "")
+    assert "FLOWER_BASIC_AUTH:" not in text
     assert "config/flower.env" in (ROOT / ".gitignore").read_text()
     assert "config/flower.env" in (ROOT / ".dockerignore").read_text()  # never baked into the image
 
@@ -142,3 +147,69 @@ def test_stack_services_are_ordered_safe_and_stop_gracefully(project: Path) -> N
     demo = services["demo"]
     assert demo["profiles"] == ["demo"]
     assert {"worker-gevent", "worker-threads", "worker-prefork"} <= set(demo["depends_on"])
+
+
+def test_task_events_are_on_unless_turned_off(project: Path) -> None:
+    """Workers send task events and senders task-sent events (Flower's task list) by default;
+    TASKPOOL_EVENTS=false in the environment turns them off everywhere, Flower's request too."""
+    services = resolved(project)
+    workers = [name for name, svc in services.items() if worker_pool(svc.get("command") or [])]
+    assert workers
+    for name in workers:
+        env = services[name]["environment"]
+        assert env["TASKPOOL_WORKER_SEND_TASK_EVENTS"] == "true", name
+        assert env["TASKPOOL_TASK_SEND_SENT_EVENT"] == "true", name
+    assert services["flower"]["environment"]["TASKPOOL_EVENTS"] == "true"
+    assert services["demo"]["environment"]["TASKPOOL_TASK_SEND_SENT_EVENT"] == "true"
+    done = subprocess.run(
+        [str(compose_binary()), *ALL_PROFILES, "config", "--format", "json"],
+        cwd=project, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(project), "TASKPOOL_EVENTS": "false"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    off = json.loads(done.stdout)["services"]
+    for name in workers:
+        assert off[name]["environment"]["TASKPOOL_WORKER_SEND_TASK_EVENTS"] == "false", name
+    assert off["flower"]["environment"]["TASKPOOL_EVENTS"] == "false"
+
+
+def test_monitoring_profile_scrapes_workers_and_flower(project: Path, tmp_path: Path) -> None:
+    """Prometheus and Grafana only with --profile monitoring, on the host's loopback, with the
+    config files the tests check (promtool, dashboard queries); Flower's password never in a file
+    of the repository: the entrypoint writes it into the data volume."""
+    base = resolved_without_monitoring(project)
+    assert "prometheus" not in base and "grafana" not in base
+    services = resolved(project)
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    for svc in (prometheus, grafana):
+        assert all(p["host_ip"] == "127.0.0.1" for p in svc.get("ports", [])), svc
+    mounts = {v["target"]: v["source"] for v in prometheus["volumes"] if v["type"] == "bind"}
+    assert Path(mounts["/etc/prometheus/taskpool.yml"]).name == "prometheus.yml"
+    script = " ".join(prometheus["command"])
+    assert "FLOWER_BASIC_AUTH" in script and "/prometheus/flower.password" in script
+    # The entrypoint's shell, run here on the copied config: user in place, password in a file.
+    data = tmp_path / "data"
+    data.mkdir()
+    # `compose config` keeps the file's $$ (a literal $ for the container's shell).
+    config = mounts["/etc/prometheus/taskpool.yml"]
+    shell = script.replace("$$", "$").replace("/etc/prometheus/taskpool.yml", config)
+    shell = shell.replace(" /prometheus/", f" {data}/").split(" && exec ")[0]
+    done = subprocess.run(
+        ["/bin/sh", "-c", shell], env={"FLOWER_BASIC_AUTH": "ops:a-long-password-123,b:other-password-45"},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (data / "flower.password").read_text() == "a-long-password-123"
+    assert "username: ops" in (data / "prometheus.yml").read_text()
+    gmounts = {v["target"]: Path(v["source"]) for v in grafana["volumes"] if v["type"] == "bind"}
+    assert (gmounts["/etc/grafana/provisioning"] / "datasources" / "prometheus.yml").exists()
+    assert (gmounts["/var/lib/grafana/dashboards"] / "taskpool.json").exists()
+    provider = (gmounts["/etc/grafana/provisioning"] / "dashboards" / "taskpool.yml").read_text()
+    assert "path: /var/lib/grafana/dashboards" in provider
+
+
+def resolved_without_monitoring(project: Path) -> dict[str, Any]:
+    done = compose(project, "--profile", "gpu", "--profile", "demo", "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout)["services"])

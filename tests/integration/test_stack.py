@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -105,6 +106,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     flower_port = free_port()
     cmd = [sys.executable, "-m", "taskpool", "up", "--demo", "--items", str(ITEMS)]
     cmd += ["--flower-port", str(flower_port), "--metrics-port", str(free_port_block(3))]
+    # Debian's prometheus is installed (scripts/setup.sh --tests); Grafana is not in Debian.
+    cmd += ["--monitoring", "--prometheus-port", "0", "--grafana-port", "0", "--scrape-interval", "1"]
     proc = subprocess.Popen(
         cmd, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -216,6 +219,49 @@ def test_status_shows_workers_queues_and_dead_letters(stack: RunningStack) -> No
         assert re.search(rf"│ {pool}\s+│ {pool}@", out), out
         assert re.search(rf"│ taskpool\.{pool}\s+│ 0\s+│", out), out  # queues drained by the demo
     assert "dead letters: 0" in out
+    # An autoscaler's last decision, one readable line (HH:MM:SS  from -> to  reason): the demo
+    # made the gevent pool grow at least.
+    assert re.search(r"gevent@\S+: autoscaler \d\d:\d\d:\d\d  \d+ -> \d+  \S", out), out
+    done = subprocess.run(
+        [sys.executable, "-m", "taskpool", "status", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert sorted(w["taskpool"]["pool"] for w in doc["workers"].values()) == ["gevent", "prefork", "threads"]
+    for node, w in doc["workers"].items():
+        assert w["readable"]["at"][:4].isdigit() and "T" in w["readable"]["at"], node
+        assert all(isinstance(d["at"], float) for d in w["autoscaler"]["decisions"]), node  # epoch s
+    for pool in ("gevent", "threads", "prefork"):
+        assert doc["queues"][f"taskpool.{pool}"]["depth"] == 0
+        assert doc["queues"][f"taskpool.{pool}"]["consumed_by"], pool
+    assert doc["dead_letters"] == 0
+    gevent = next(w for w in doc["workers"].values() if w["taskpool"]["pool"] == "gevent")
+    assert gevent["autoscaler"]["decisions"] and gevent["readable"]["history"]
+
+
+def test_up_monitoring_scrapes_every_worker_and_flower(stack: RunningStack) -> None:
+    """`taskpool up --monitoring`: Prometheus scrapes the three workers and Flower (with Flower's
+    credentials); Grafana, not installed here, is named with how to get it."""
+    found = re.search(r"prometheus \(pid \d+\): (http://127\.0\.0\.1:\d+)", stack.output)
+    assert found, stack.output
+    base = found.group(1)
+    assert "no grafana" in stack.output and "grafana.com" in stack.output
+
+    def all_up() -> list[dict[str, object]] | None:
+        try:
+            with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as reply:
+                active = json.loads(reply.read())["data"]["activeTargets"]
+        except (urllib.error.URLError, OSError):
+            return None
+        return active if len(active) == 4 and all(t["health"] == "up" for t in active) else None
+
+    targets = wait_for(all_up, 60, interval=0.5, what="Prometheus scraping 3 workers and Flower")
+    services = sorted(t["labels"]["service"] for t in targets)  # type: ignore[union-attr,index]
+    assert services == ["flower", "worker-gevent", "worker-prefork", "worker-threads"]
+    query = urllib.parse.urlencode({"query": 'flower_events_total{type="task-succeeded"}'})
+    with urllib.request.urlopen(f"{base}/api/v1/query?{query}", timeout=5) as reply:
+        assert json.loads(reply.read())["data"]["result"], "Flower's task events reached Prometheus"
 
 
 def test_flower_shows_taskpool_data_behind_basic_auth(stack: RunningStack) -> None:
@@ -236,6 +282,14 @@ def test_flower_shows_taskpool_data_behind_basic_auth(stack: RunningStack) -> No
         workers = json.loads(reply.read())
     node = next(n for n in workers if n.startswith("prefork@"))
     expected = workers[node]["stats"]["taskpool"]
+    gevent_node = next(n for n in workers if n.startswith("gevent@"))
+    # Task events are on by default: Flower saw every task of the demo, each with its state.
+    request = urllib.request.Request(f"{base}/api/tasks", headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        tasks = json.loads(reply.read())
+    for step in STEPS:
+        states = [t["state"] for t in tasks.values() if t["name"] == step]
+        assert states.count("SUCCESS") == ITEMS, (step, sorted(set(states)))
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -255,12 +309,32 @@ def test_flower_shows_taskpool_data_behind_basic_auth(stack: RunningStack) -> No
             text = page.locator("#tab-other").inner_text()
             page.wait_for_timeout(400)  # only for the screenshot: let Bootstrap's fade-in end
             page.screenshot(path=str(ARTIFACTS / "flower-worker-prefork.png"), full_page=True)
+            # The gevent worker's autoscaler grew the pool for the demo: its last decision, readable.
+            page.goto(f"{base}/worker/{gevent_node}", timeout=30_000)
+            panel = page.locator(".worker-autoscaler-panel").inner_text()  # the Pool tab, first shown
+            page.click("#worker-tab-other")
+            page.wait_for_selector("#tab-other.active.show", timeout=10_000)
+            readable = page.locator("#tab-other").inner_text()
+            page.wait_for_timeout(400)
+            page.screenshot(path=str(ARTIFACTS / "flower-worker-gevent.png"), full_page=True)
+            # The Tasks tab lists the demo's tasks with their states.
+            page.goto(f"{base}/tasks", timeout=30_000)
+            page.locator("#tasks-table tbody").get_by_text("SUCCESS").first.wait_for(timeout=30_000)
+            listed = page.locator("#tasks-table").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "flower-tasks.png"), full_page=True)
         finally:
             browser.close()
     assert "taskpool" in text, text
     assert "'pool': 'prefork'" in text, text
     assert f"'concurrency': {expected['concurrency']}" in text, text
     assert "'tasks': ['workers.pipeline.run_model']" in text, text
+    assert "taskpool (readable)" in readable, readable
+    decision = r"'last decision': '\d\d:\d\d:\d\d\s+\d+ -> \d+\s+\S[^']*\((just now|\d+ \w+ ago)\)'"
+    assert re.search(decision, readable), readable
+    assert re.search(r"Last decision \(readable\)\s+\d\d:\d\d:\d\d\s+\d+ -> \d+\s+\S", panel), panel
+    shown = readable.split("taskpool (readable)", 1)[1].split("\n", 1)[0]  # its row
+    assert not re.search(r"\b1\d{9}\.\d+", shown), shown  # times as ISO-8601 and HH:MM:SS, no epoch
+    assert "SUCCESS" in listed and any(step in listed for step in STEPS), listed
 
 
 def run_client(code: str, broker_url: str, timeout: float = 60.0) -> object:

@@ -81,6 +81,8 @@ def run_stack(
     timeout: float = 300.0,
     concurrency: dict[str, int] | None = None,
     autoscale: dict[str, str] | None = None,
+    events: bool = True,
+    monitoring: dict[str, float] | None = None,
 ) -> None:
     """`taskpool up`: Redis, the app's workers and Flower; the demo pipeline if asked; then wait.
 
@@ -90,7 +92,14 @@ def run_stack(
     from taskpool.core.limits import gpu_count
     from taskpool.ops.demo import run_pipeline, summary_tables
     from taskpool.ops.embedded import free_port
-    from taskpool.ops.stack import Stack, flower_credentials, plan_workers, port_free, stack_redis
+    from taskpool.ops.stack import (
+        Stack,
+        events_env,
+        flower_credentials,
+        plan_workers,
+        port_free,
+        stack_redis,
+    )
 
     broker = _stack_env_broker()
     try:
@@ -100,12 +109,22 @@ def run_stack(
     if flower and flower_port and not port_free(flower_port):
         raise click.ClickException(f"port {flower_port} is in use: give --flower-port (0 picks a free one)")
     flower_port = flower_port or free_port()
+    if monitoring is not None:
+        if not metrics_port:
+            raise click.ClickException("--monitoring needs the workers' metrics: set --metrics-port, not 0")
+        monitoring = dict(monitoring)
+        for key in ("prometheus_port", "grafana_port"):
+            option, wanted = "--" + key.replace("_", "-"), int(monitoring[key])
+            if wanted and not port_free(wanted):
+                raise click.ClickException(f"port {wanted} is in use: give {option} (0 picks a free one)")
+            monitoring[key] = monitoring[key] or free_port()
     project = Path.cwd()
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     started = time.monotonic()
     try:
         with stack_redis(project, broker) as (url, embedded):
             os.environ[BROKER_URL_ENV] = url
+            os.environ.update(events_env(events))  # before the app loads: the demo sends too
             app = load_app(app_path)
             slots = gpus if gpus is not None else gpu_count()
             specs = plan_workers(
@@ -116,6 +135,7 @@ def run_stack(
             stack = Stack(app_path, project, dict(os.environ), echo=echo)
             where = f"embedded Redis at {safe(url)} (data in .taskpool/redis)" if embedded else safe(url)
             console.print(f"[bold]taskpool up[/]: {where}", soft_wrap=True)
+            console.print(f"  task events {'on' if events else 'off (--no-events)'}")
             try:
                 stack.start_workers(specs)
                 flower_url = None
@@ -138,6 +158,9 @@ def run_stack(
                         "is cpu); set --gpus or TASKPOOL_GPUS"
                     )
                 stack.wait_ready(app.control, 120.0, flower_url)
+                if monitoring is not None:
+                    flower_at = flower_port if flower else None
+                    start_monitoring(stack, project, monitoring, flower_at, flower_auth[0])
                 console.print(f"stack ready in {time.monotonic() - started:.1f} s")
 
                 def watch() -> None:
@@ -184,6 +207,55 @@ def run_stack(
     console.print("stopped cleanly")
 
 
+def start_monitoring(
+    stack: Any, project: Path, options: dict[str, float], flower_port: int | None, flower_auth: str
+) -> None:
+    """Prometheus (scraping every worker's metrics port and Flower) and Grafana (the taskpool
+    dashboard), when their binaries are installed; otherwise says how to get them."""
+    import secrets
+
+    from taskpool.ops import monitoring as mon
+
+    workdir = project / ".taskpool" / "monitoring"
+    prometheus = mon.prometheus_binary()
+    if prometheus is None:
+        console.print(f"  [yellow]no prometheus[/]: {mon.PROMETHEUS_HOWTO}", soft_wrap=True)
+        return
+    ports = {s.service: s.env.get(METRICS_PORT_ENV) for s in stack.specs}
+    targets = {service: f"127.0.0.1:{port}" for service, port in ports.items() if port}
+    program = mon.prometheus_program(
+        prometheus,
+        workdir,
+        port=int(options["prometheus_port"]),
+        workers=targets,
+        flower=f"127.0.0.1:{flower_port}" if flower_port else None,
+        flower_auth=flower_auth,
+        interval=options["scrape_interval"],
+    )
+    svc = stack.start_program(program.name, program.argv, program.env)
+    console.print(f"  prometheus (pid {svc.pid}): {program.url}  (config {workdir / 'prometheus.yml'})")
+    grafana = mon.grafana_binary()
+    if grafana is None:
+        console.print(f"  [yellow]no grafana[/]: {mon.GRAFANA_HOWTO}", soft_wrap=True)
+        return
+    # Grafana sets the admin password when it creates its database only: keep the first one.
+    saved = workdir / "grafana.password"
+    password = saved.read_text().strip() if saved.exists() else ""
+    login = f"password in {saved}"
+    if not password:
+        password = secrets.token_urlsafe(12)
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password)
+        login = f"password {password} (generated; kept in {saved})"
+    program = mon.grafana_program(
+        grafana, workdir, project, port=int(options["grafana_port"]), prometheus_url=program.url,
+        admin_password=password,
+    )  # fmt: skip
+    svc = stack.start_program(program.name, program.argv, program.env)
+    console.print(f"  grafana (pid {svc.pid}): {program.url}  user admin, {login}", soft_wrap=True)
+
+
 class ServiceCrashed(Exception):
     """A service of the stack exited on its own."""
 
@@ -217,6 +289,27 @@ def _default_int(variable: str, fallback: int) -> Any:
     help="Worker i serves Prometheus metrics on this port + i; 0: off.",
 )
 @click.option("--gpus", type=click.IntRange(min=0), help="GPU slots of the GPU worker (default: detected).")
+@click.option(
+    "--events/--no-events",
+    default=lambda: _events_default(),
+    show_default="TASKPOOL_EVENTS or on",
+    help="Task events (Flower's task list and counters); they cost throughput, see the README.",
+)
+@click.option(
+    "--monitoring/--no-monitoring",
+    default=False,
+    show_default=True,
+    help="Start Prometheus and Grafana (the taskpool dashboard) when installed; else say how to get them.",
+)
+@click.option("--prometheus-port", type=click.IntRange(min=0, max=65535), default=9090, show_default=True)
+@click.option("--grafana-port", type=click.IntRange(min=0, max=65535), default=3000, show_default=True)
+@click.option(
+    "--scrape-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between Prometheus's scrapes.",
+)
 @click.option("--logs/--no-logs", default=None, help="Echo services' logs [default: on, off with --demo].")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds the demo may take.")
 @click.option(
@@ -234,6 +327,11 @@ def up(
     flower_port: int,
     metrics_port: int,
     gpus: int | None,
+    events: bool,
+    monitoring: bool,
+    prometheus_port: int,
+    grafana_port: int,
+    scrape_interval: float,
     logs: bool | None,
     timeout: float,
     fleet_: bool,
@@ -266,7 +364,24 @@ def up(
         echo=logs if logs is not None else not demo_,
         timeout=timeout,
         autoscale={"prefork": f"{max(2, cores)},1", "threads": "8,2", "gevent": "100,10"},
+        events=events,
+        monitoring={
+            "prometheus_port": prometheus_port,
+            "grafana_port": grafana_port,
+            "scrape_interval": scrape_interval,
+        }
+        if monitoring
+        else None,
     )
+
+
+def _events_default() -> bool:
+    from taskpool.ops.stack import events_enabled
+
+    try:
+        return events_enabled()
+    except TaskpoolError as exc:
+        raise click.BadParameter(str(exc), param_hint="TASKPOOL_EVENTS") from None
 
 
 @click.command()
@@ -299,6 +414,7 @@ def demo(app_path: str, items: int, timeout: float, verbose: bool, attach: bool)
         echo=verbose,
         timeout=timeout,
         concurrency={"prefork": 2, "threads": 4, "gevent": 20},
+        events=_events_default(),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -14,15 +15,21 @@ from taskpool.ops.cli.limits import dead_holder
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.queues import queue_depth
 from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names
+from taskpool.worker.stats import READABLE_KEY
 
 
 @click.command()
 @app_option
 @click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for workers' replies.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for programs instead of tables.")
 @click.pass_context
-def status(ctx: click.Context, app_path: str, timeout: float) -> None:
+def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> None:
     """Workers by pool (concurrency, in flight), queue depths, slots and limits in use, dead letters."""
     app = load_app(app_path)
+    if as_json:
+        app.redis.ping()
+        click.echo(json.dumps(status_document(app, timeout), indent=2, sort_keys=True))
+        return
     source = ctx.get_parameter_source("app_path")
     chosen = "-A" if source == click.core.ParameterSource.COMMANDLINE else (
         "TASKPOOL_APP" if env_app_path() else "the default; -A or TASKPOOL_APP picks another"
@@ -68,6 +75,10 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
             str((tp.get("admission") or {}).get("handed_back", "")),
         )
     show(workers)
+    for _pool, node, _tp, st in sorted(rows, key=lambda r: (r[0], r[1])):
+        last = (st.get(READABLE_KEY) or {}).get("last decision")
+        if last and last != "none yet":
+            console.print(f"{node}: autoscaler {last}", soft_wrap=True, markup=False, highlight=False)
     queues = Table(id_column("queue"), "depth", "consumed by")
     queues.title = "queues"
     orphans = []
@@ -111,6 +122,56 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     from taskpool.ops.cli.fleet import show_fleet
 
     show_fleet(app)
+
+
+def status_document(app: Any, timeout: float) -> dict[str, Any]:
+    """What `taskpool status` shows, as one JSON-able dict (``taskpool status --json``).
+
+    Keys: ``workers`` (node -> ``taskpool``: the machine-readable snapshot of ``inspect stats``,
+    ``readable``: the same for people, ``autoscaler``: the autoscaler's info with its decisions,
+    epoch seconds), ``queues`` (name -> ``depth``, ``consumed_by``), ``semaphores`` (name ->
+    ``size``, ``in_use``, ``holders``), ``dead_letters`` (count). It only reads: expired slots
+    are not freed here (plain `taskpool status` does that).
+    """
+    client = app.redis
+    stats = app.control.inspect(timeout=timeout).stats() or {}
+    workers: dict[str, dict[str, Any]] = {
+        node: {
+            "taskpool": st.get("taskpool") or {},
+            "readable": st.get(READABLE_KEY) or {},
+            "autoscaler": st.get("autoscaler") or None,
+        }
+        for node, st in sorted(stats.items())
+    }
+    keyprefix = names.queue_keyprefix(app.conf.broker_transport_options)
+    queues = {}
+    for pool in POOLS:
+        for gpu in (False, True):
+            name = app.settings.queue_for(pool, gpu=gpu)
+            queues[name] = {
+                "depth": queue_depth(client, name, keyprefix=keyprefix),
+                "consumed_by": [n for n, w in workers.items() if name in (w["taskpool"].get("queues") or ())],
+            }
+    sizes = LimitStore(client, app.settings.keyspace).all()
+    semaphores: dict[str, Any] = {}
+    for name in semaphore_names(client, app.settings.keyspace):
+        held = holders_of(client, name, app.settings.keyspace)
+        kind, rest = names.kind_of(name)
+        semaphores[name] = {
+            "size": sizes.get(rest) if kind == names.LIMIT else None,
+            "in_use": len(held),
+            "holders": [
+                {"slot": h.slot, "owner": h.owner, "task_id": h.task_id, "since": h.since} for h in held
+            ],
+        }
+    for limit, size in sizes.items():
+        semaphores.setdefault(names.limit_semaphore(limit), {"size": size, "in_use": 0, "holders": []})
+    return {
+        "workers": workers,
+        "queues": queues,
+        "semaphores": semaphores,
+        "dead_letters": app.dead_letters.count(),
+    }
 
 
 def _holding(tp: dict[str, Any]) -> str:

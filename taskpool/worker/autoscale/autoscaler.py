@@ -24,6 +24,7 @@ from celery.worker.autoscale import Autoscaler
 
 from taskpool.compat.celery import gevent_free_slots, sync_pool_limit, update_prefetch_count
 from taskpool.core.policy import PoolStats, ScalingPolicy
+from taskpool.worker import readable
 from taskpool.worker.admission import waiting_count_of
 from taskpool.worker.autoscale.callback import ModifierCaller
 from taskpool.worker.autoscale.config import MAX_CONCURRENCY, AutoscaleConfig, WorkerSetup
@@ -198,6 +199,9 @@ class CallbackAutoscaler(Autoscaler):
             "cooldown": self.policy.cooldown,
             "target_cpu": self.policy.target_cpu,
             "last_decision": last,
+            # For people (Flower's autoscaler panel): ["21:08:43  69 -> 10  no work; ..."]. A list of
+            # one line: Flower shows a list of strings as is, while a string loses its "-" there.
+            "last decision (readable)": [readable.decision_line(last)] if last else [],
             "decisions": list(self.decisions),
             "faults": dict(self.faults),
             "ticks": self.ticks,
