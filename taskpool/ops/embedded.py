@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -208,7 +209,8 @@ class SentinelGroup:
         for sentinel in self.sentinels:
             client = redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True)
             try:
-                return dict(client.sentinel_master(self.master_name))
+                answer: Any = client.sentinel_master(self.master_name)
+                return {str(k): str(v) for k, v in answer.items()}
             except redis.RedisError:
                 continue
             finally:
