@@ -129,9 +129,19 @@ class Bench:
             time.sleep(0.1)
         return {"at": time.time(), "running": [], "skipped": "no task running in a prefork child"}
 
+    def busy_worker(self) -> tuple[str, list[str]]:
+        """A prefork worker and the tasks it runs: one that runs some, when one does within 10 s."""
+        for _ in range(100):
+            running = self.running()
+            busy = sorted({s["worker"] for s in running} & set(self.prefork_workers()))
+            if busy:
+                name = self.rng.choice(busy)
+                return name, [s["label"] for s in running if s["worker"] == name]
+            time.sleep(0.1)
+        return self.rng.choice(self.prefork_workers()), []
+
     def worker_kill(self, app: Any) -> dict[str, Any]:
-        name = self.rng.choice(self.prefork_workers())
-        running = [s["label"] for s in self.running() if s["worker"] == name]
+        name, running = self.busy_worker()
         at = time.time()
         os.killpg(self.workers[name].pid, signal.SIGKILL)
         self.workers[name].wait()
@@ -139,8 +149,7 @@ class Bench:
         return {"worker": name, "at": at, "running": running, "replacement": new}
 
     def group_term(self, app: Any) -> dict[str, Any]:
-        name = self.rng.choice(self.prefork_workers())
-        running = [s["label"] for s in self.running() if s["worker"] == name]
+        name, running = self.busy_worker()
         proc = self.workers[name]
         at = time.time()
         os.killpg(proc.pid, signal.SIGTERM)
