@@ -287,9 +287,15 @@ class DeliveryStep(bootsteps.StartStopStep):
         if keeper.channel is not None:
             keeper.start()
             tags, self._to_restore = self._to_restore, []
+            leases = keeper.hooks.leases
             for tag in reversed(tags):  # each goes to the head of its queue: keep their order
                 try:
-                    keeper.channel.qos.restore_by_tag(tag)  # a no-op when kombu restored it already
+                    if leases.holder(tag) != leases.owner:
+                        # kombu restored it when the channel closed (Redis was up): it may be
+                        # delivered again, with the same tag, to another worker; leave it be.
+                        keeper.hooks.drop([tag])
+                        continue
+                    keeper.channel.qos.restore_by_tag(tag)
                 except Exception:
                     logger.exception("taskpool: could not put message %s back after reconnecting", tag)
                     self._to_restore.append(tag)

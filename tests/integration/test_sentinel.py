@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from taskpool.ops.embedded import SentinelGroup
-from tests.conftest import Worker, wait_for
+from tests.conftest import Worker, taskpool_cli, wait_for
 
 
 @pytest.fixture
@@ -79,6 +79,11 @@ def test_worker_continues_after_failover_and_nothing_is_lost(
         assert all(n <= 2 for n in runs.values()), twice
         assert worker.process is not None and worker.process.poll() is None, worker.log()[-3000:]
         assert snt.step.delay(key, 999).get(timeout=60) == 999  # results through the new master too
+        # The CLI's own client asks the sentinels for the master, the promoted one now.
+        env = {"TASKPOOL_BROKER_URL": group.url, "SENTINEL_MARKERS_URL": redis_url}
+        status = taskpool_cli("tests.apps.sentinel_app", "status", env=env)
+        assert status.returncode == 0 and "snt.prefork" in status.stdout, status.stdout + status.stderr
+        assert snt.app.redis.connection_pool.get_master_address()[1] == new
     finally:
         worker.stop()
         markers.close()
