@@ -23,6 +23,7 @@ from taskpool.core.backoff import Backoff
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.limits import gpu_count
 from taskpool.core.options import TaskOptions
+from taskpool.core.sentinel import is_sentinel_url
 from taskpool.core.settings import (
     DEFAULTS,
     TASKPOOL_SETTINGS,
@@ -32,6 +33,7 @@ from taskpool.core.settings import (
     load_config_module,
 )
 from taskpool.stores.dead_letters import DeadLetterStore
+from taskpool.stores.redis_client import redis_client
 
 logger = logging.getLogger("taskpool")
 
@@ -95,14 +97,20 @@ class TaskPool(Celery):
         s = self.settings
         transport = dict(conf.get("broker_transport_options") or {})
         transport["visibility_timeout"] = s.visibility_timeout
+        backend_transport = {
+            **(conf.get("result_backend_transport_options") or {}),
+            "visibility_timeout": s.visibility_timeout,
+        }
+        # sentinel:// URLs: kombu and Celery read the master's name from the transport options.
+        if is_sentinel_url(s.broker_url):
+            transport.setdefault("master_name", s.sentinel_master)
+        if is_sentinel_url(s.result_backend or s.broker_url):
+            backend_transport.setdefault("master_name", s.sentinel_master)
         conf.update(
             broker_url=s.broker_url,
             result_backend=s.result_backend or s.broker_url,
             broker_transport_options=transport,
-            result_backend_transport_options={
-                **(conf.get("result_backend_transport_options") or {}),
-                "visibility_timeout": s.visibility_timeout,
-            },
+            result_backend_transport_options=backend_transport,
             task_queues=queues(s),
             task_default_queue=s.queue_for(s.default_pool),
             task_routes=(Router(self, s),),
@@ -203,7 +211,8 @@ class TaskPool(Celery):
         """A client of taskpool's Redis, one per process (a forked child makes its own)."""
         pid = os.getpid()
         if self._redis is None or self._redis[0] != pid:
-            self._redis = (pid, redis.Redis.from_url(self.settings.redis_url))
+            options = self.conf.broker_transport_options  # master_name of a sentinel:// URL
+            self._redis = (pid, redis_client(self.settings.redis_url, options))
         return self._redis[1]
 
     @property

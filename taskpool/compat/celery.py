@@ -240,3 +240,23 @@ class ReconnectFailureHook:
 
     def on_reconnect_failed(self, exc: BaseException) -> None:
         """Called when reconnecting failed for good; raise to replace Celery's RuntimeError."""
+
+
+def requests_in_pool() -> list[str]:
+    """Delivery tags of the requests this worker reserved or runs (Celery's ``reserved_requests``
+    and ``active_requests``, ``celery/worker/state.py``, Celery 5.7.0), read before a connection
+    loss clears them: these are, or will be, running in the pool and acked when they end.
+
+    Internal: ``Request.message`` (``celery/worker/request.py``) is the kombu message, whose
+    ``delivery_tag`` the Redis QoS keys its unacked hash by. Gate-held requests are reserved too
+    (the default strategy reserves before it hands a request over); the admission step restores
+    those itself.
+    """
+    from celery.worker import state as worker_state
+
+    tags = []
+    for request in (*worker_state.reserved_requests, *worker_state.active_requests):
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag is not None:
+            tags.append(str(tag))
+    return tags

@@ -25,6 +25,12 @@ from celery.utils.serialization import strtobool
 
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.policy import parse_bounds
+from taskpool.core.sentinel import (
+    DEFAULT_MASTER_NAME,
+    is_sentinel_url,
+    parse_sentinel_url,
+    with_sentinel_password,
+)
 
 ENV_PREFIX = "TASKPOOL_"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -110,17 +116,29 @@ class Settings:
     max_queue_length: int = 0
     max_message_size: int = 10 * 1024 * 1024
     result_args_max_size: int = 64 * 1024
+    sentinel_master: str = DEFAULT_MASTER_NAME
 
     def __post_init__(self) -> None:
         if self.default_pool not in POOLS:
             raise ConfigurationError(
                 f"setting default_pool: expected one of {', '.join(POOLS)}, got {self.default_pool!r}"
             )
-        if not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if not self.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise ConfigurationError(
-                f"setting broker_url: taskpool needs a Redis broker (redis://, rediss:// or "
-                f"unix://), got {mask_url(self.broker_url)!r}"
+                f"setting broker_url: taskpool needs a Redis broker (redis://, rediss://, unix:// or "
+                f"sentinel://), got {mask_url(self.broker_url)!r}"
             )
+        for name in ("broker_url", "result_backend"):
+            url = getattr(self, name)
+            if url and is_sentinel_url(url):
+                try:
+                    parse_sentinel_url(url)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"setting {name}: {exc}") from None
+                if not self.sentinel_master:
+                    raise ConfigurationError(
+                        f"setting {name} is a sentinel:// URL: TASKPOOL_SENTINEL_MASTER must name the master"
+                    )
         if not self.lease_ttl >= 0.1:
             raise ConfigurationError(f"setting lease_ttl: must be >= 0.1 seconds, got {self.lease_ttl!r}")
         if isinstance(self.map_max_outstanding, bool) or not (
@@ -210,6 +228,7 @@ TASKPOOL_SETTINGS: dict[str, Any] = {
     "max_queue_length": int,
     "max_message_size": int,
     "result_args_max_size": int,
+    "sentinel_master": str,
 }
 # TASKPOOL_CONFIG is the documented name of config_module.
 _ENV_ALIASES = {"CONFIG": "config_module"}
@@ -419,6 +438,8 @@ def mask_url(url: str) -> str:
     """``url`` fit to print or log: its password replaced by ``**``."""
     from kombu.utils.url import maybe_sanitize_url
 
+    if is_sentinel_url(url):  # one URL per sentinel, each masked
+        return ";".join(str(maybe_sanitize_url(part)) for part in url.split(";"))
     return str(maybe_sanitize_url(url))
 
 
@@ -426,6 +447,8 @@ def with_password(url: str, password: str) -> str:
     """``url`` with ``password`` for Redis AUTH, unless the URL names a password itself."""
     from urllib.parse import quote, urlsplit, urlunsplit
 
+    if is_sentinel_url(url):
+        return with_sentinel_password(url, password)
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or parts.password:
         return url

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -57,6 +58,7 @@ class RedisServer:
         port: TCP port; a free one when omitted.
         appendonly: keep an append-only file, so a restart keeps the queues.
         conf_file: a redis.conf to start from (its settings, then ours on the command line).
+        extra_args: more ``redis-server`` arguments (``["--replicaof", "127.0.0.1", "6380"]``).
     """
 
     def __init__(
@@ -66,8 +68,10 @@ class RedisServer:
         *,
         appendonly: bool = True,
         conf_file: str | os.PathLike[str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args or ())
         self.port = port or free_port()
         self.appendonly = appendonly
         self.conf_file = conf_file
@@ -90,6 +94,7 @@ class RedisServer:
             "--save", "",
             "--daemonize", "no",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -133,6 +138,148 @@ class RedisServer:
         self.process = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class SentinelGroup:
+    """A Redis master, one replica and three sentinels on free ports of 127.0.0.1, for failover
+    tests and the chaos bench (``url`` is the ``sentinel://`` URL of the group).
+
+    The sentinels agree (quorum 2) that the master is down ``down_after_ms`` after it stops
+    answering, then promote the replica. :meth:`kill_master` SIGKILLs the current master;
+    :meth:`wait_for_failover` returns the new one; :meth:`restart` starts a killed server again on
+    its port, where the sentinels make it a replica of the new master.
+    """
+
+    SENTINELS = 3
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        master_name: str = "mymaster",
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.master_name = master_name
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.servers: list[RedisServer] = []
+        self.sentinels: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels) + "/0"
+
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
+        try:
+            master = RedisServer(self.data_dir / "redis-a", appendonly=True).start()
+            self.servers.append(master)
+            replica_args = ["--replicaof", "127.0.0.1", str(master.port)]
+            self.servers.append(RedisServer(self.data_dir / "redis-b", extra_args=replica_args).start())
+            for i in range(self.SENTINELS):
+                self.sentinels.append(self._start_sentinel(self.data_dir / f"sentinel-{i}", master.port))
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_sentinel(self, folder: Path, master_port: int) -> RedisServer:
+        folder.mkdir(parents=True, exist_ok=True)
+        conf = folder / "sentinel.conf"  # a sentinel rewrites its config file: one of its own
+        name = self.master_name
+        conf.write_text(
+            f"sentinel monitor {name} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        server = RedisServer(folder, appendonly=False, conf_file=conf, extra_args=["--sentinel"])
+        return server.start()
+
+    def sentinel_info(self) -> dict[str, str]:
+        """``SENTINEL MASTER`` of the first sentinel that answers."""
+        for sentinel in self.sentinels:
+            client = redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True)
+            try:
+                answer: Any = client.sentinel_master(self.master_name)
+                return {str(k): str(v) for k, v in answer.items()}
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise EmbeddedRedisError("no sentinel answers")
+
+    def master_port(self) -> int:
+        """The port of the master the sentinels name now."""
+        return int(self.sentinel_info()["port"])
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every sentinel knows the others and a replica whose link to the master is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = self.sentinel_info()
+                port = int(info["port"])
+                others = int(info.get("num-other-sentinels", 0))
+                replicas = [s for s in self.servers if s.port != port and s.process is not None]
+                linked = all(
+                    redis.Redis(port=r.port, socket_timeout=1).info("replication").get("master_link_status")
+                    == "up"
+                    for r in replicas
+                )
+                known = int(info.get("num-slaves", 0)) >= len(replicas)
+                if replicas and linked and known and others >= self.SENTINELS - 1:
+                    return
+            except (redis.RedisError, EmbeddedRedisError):
+                pass
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"sentinel group not ready in {timeout} s")
+            time.sleep(0.1)
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master; returns its (stopped) server, to :meth:`restart` later."""
+        server = self.server_on(self.master_port())
+        server.kill()
+        return server
+
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> int:
+        """Until the sentinels name a master other than ``old_port`` that answers as a master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                port = self.master_port()
+                if port != old_port:
+                    role = redis.Redis(port=port, socket_timeout=1).info("replication").get("role")
+                    if role == "master":
+                        return port
+            except (redis.RedisError, EmbeddedRedisError):
+                pass
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"no failover from port {old_port} in {timeout} s")
+            time.sleep(0.05)
+
+    def restart(self, server: RedisServer) -> None:
+        """Start a killed server again on its port; the sentinels turn it into a replica."""
+        server.extra_args = []
+        server.start()
+
+    def stop(self) -> None:
+        for server in self.sentinels + self.servers:
+            server.stop()
+        self.sentinels, self.servers = [], []
+
+    def __enter__(self) -> SentinelGroup:
         return self.start()
 
     def __exit__(

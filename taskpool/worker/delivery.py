@@ -29,6 +29,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from taskpool.compat.celery import requests_in_pool
 from taskpool.compat.kombu import install_qos_hooks, unacked_keys
 from taskpool.core.names import queue_keyprefix
 from taskpool.stores.deliveries import DeliveryLeases
@@ -40,6 +41,8 @@ logger = logging.getLogger("taskpool.delivery")
 
 #: Seconds between retries while Redis cannot be reached (well within any ttl).
 RETRY_EVERY = 1.0
+#: Marks the consumer's ``on_connection_error_after_connected`` once wrapped by :class:`DeliveryStep`.
+WRAPPED = "taskpool_deliveries_wrapped"
 #: Tags one sweep claims at most (the next sweep takes the rest).
 CLAIM_LIMIT = 500
 
@@ -55,6 +58,8 @@ class DeliveryHooks:
     def __init__(self, leases: DeliveryLeases) -> None:
         self.leases = leases
         self._held: dict[str, None] = {}
+        #: Acked while Redis could not be reached: still held (vouched for) until the ack is sent.
+        self._unsent_acks: dict[str, None] = {}
         self._lock = threading.Lock()
 
     def held(self) -> list[str]:
@@ -73,13 +78,39 @@ class DeliveryHooks:
             self._held[tag] = None
 
     def ack(self, tag: str) -> None:
+        try:
+            acked = self.leases.ack(tag)
+        except redis.RedisError as exc:
+            # Redis is down (its task ended during an outage): the delivery stays held, so the
+            # keeper keeps vouching for it and no worker restores it, and the keeper acks it when
+            # Redis is back (retry_acks). Dropping it here made the task run again a ttl later.
+            with self._lock:
+                self._unsent_acks[tag] = None
+            logger.warning("taskpool: message %s will be acknowledged when Redis is back: %s", tag, exc)
+            return
+        self._acked(tag, acked)
+
+    def _acked(self, tag: str, acked: bool) -> None:
         self.drop([tag])
-        if not self.leases.ack(tag):
+        with self._lock:
+            self._unsent_acks.pop(tag, None)
+        if not acked:
             logger.warning(
                 "taskpool: message %s acknowledged after another worker took it over (this worker "
                 "was presumed dead for a whole lease ttl): its task may have run twice",
                 tag,
             )
+
+    def unsent_acks(self) -> list[str]:
+        with self._lock:
+            return list(self._unsent_acks)
+
+    def retry_acks(self) -> int:
+        """Acknowledge the deliveries whose ack met a Redis error; raises ``redis.RedisError``."""
+        tags = self.unsent_acks()
+        for tag in tags:
+            self._acked(tag, self.leases.ack(tag))
+        return len(tags)
 
     def requeue(self, qos: Any, tag: str) -> None:
         self.drop([tag])
@@ -164,6 +195,8 @@ class DeliveryKeeper:
             now = time.monotonic()
             try:
                 if now >= next_refresh:
+                    if self.hooks.unsent_acks():
+                        self.hooks.retry_acks()
                     self.refresh()
                     next_refresh = now + self.refresh_every
                     if self._connected_since is None:
@@ -177,10 +210,10 @@ class DeliveryKeeper:
             except redis.RedisError as exc:
                 logger.warning("taskpool: delivery leases: Redis error, retry in %g s: %s", RETRY_EVERY, exc)
                 self._connected_since = None
-                next_refresh = min(next_refresh, now + RETRY_EVERY)
+                next_refresh = now + RETRY_EVERY  # not sooner: no busy loop while Redis is down
             except Exception:  # never let the keeper die silently
                 logger.exception("taskpool: delivery keeper pass failed")
-                next_refresh = min(next_refresh, now + RETRY_EVERY)
+                next_refresh = now + RETRY_EVERY
             wait = min(next_refresh, next_sweep if self._connected_since is not None else next_refresh)
             self._stopping.wait(max(0.01, min(wait - time.monotonic(), RETRY_EVERY)))
 
@@ -199,6 +232,35 @@ class DeliveryStep(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         state.set_deliveries(parent, None)
+        #: Delivery tags to put back on their queues at the next reconnect (see connection_lost).
+        self._to_restore: list[str] = []
+        original = getattr(parent, "on_connection_error_after_connected", None)
+        if original is not None and not getattr(original, WRAPPED, False):
+
+            def on_connection_error_after_connected(exc: BaseException) -> Any:
+                try:
+                    self.connection_lost(parent)
+                except Exception:  # never make a connection loss worse
+                    logger.exception("taskpool: delivery leases: could not list held messages")
+                return original(exc)
+
+            setattr(on_connection_error_after_connected, WRAPPED, True)
+            parent.on_connection_error_after_connected = on_connection_error_after_connected
+
+    def connection_lost(self, c: Any) -> None:
+        """At a connection loss, before Celery's ``on_close`` forgets the requests it holds (ETA and
+        countdown timers cancelled, reserved requests dropped): list the held deliveries that no
+        pool is running nor will run, to put them back on their queues after the reconnect. Left
+        held, they stayed this worker's (vouched for by the keeper, restored by no one): lost.
+        kombu's own restore when the channel closes fails while Redis is down."""
+        keeper = state.deliveries_of(c)
+        if keeper is None:
+            return
+        busy = set(keeper.hooks.unsent_acks()) | set(requests_in_pool())
+        dropped = [tag for tag in keeper.hooks.held() if tag not in busy]
+        self._to_restore += [tag for tag in dropped if tag not in self._to_restore]
+        if dropped:
+            logger.info("taskpool: %d held message(s) go back on the queue at the reconnect", len(dropped))
 
     def start(self, c: Any) -> None:
         keeper = state.deliveries_of(c)
@@ -224,6 +286,19 @@ class DeliveryStep(bootsteps.StartStopStep):
         keeper.channel = install_qos_hooks(c, keeper.hooks)
         if keeper.channel is not None:
             keeper.start()
+            tags, self._to_restore = self._to_restore, []
+            leases = keeper.hooks.leases
+            for tag in reversed(tags):  # each goes to the head of its queue: keep their order
+                try:
+                    if leases.holder(tag) != leases.owner:
+                        # kombu restored it when the channel closed (Redis was up): it may be
+                        # delivered again, with the same tag, to another worker; leave it be.
+                        keeper.hooks.drop([tag])
+                        continue
+                    keeper.channel.qos.restore_by_tag(tag)
+                except Exception:
+                    logger.exception("taskpool: could not put message %s back after reconnecting", tag)
+                    self._to_restore.append(tag)
 
     def info(self, c: Any) -> dict[str, Any]:
         keeper = state.deliveries_of(c)

@@ -57,3 +57,12 @@ def die_once(key: str) -> str:
     if app.redis.incr(f"{key}:die_attempts") == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
+
+
+@app.task(pool="threads", ignore_result=True)
+def sleep_threads(key: str, seconds: float) -> int:
+    """Counts its starts, then sleeps ``seconds`` on its first run; writes nothing when it ends,
+    no result either (it may end, and be acked, while Redis is down)."""
+    starts = app.redis.hincrby(f"{key}:starts", current_task.request.id, 1)
+    time.sleep(seconds if starts == 1 else 0.0)
+    return int(starts)

@@ -157,6 +157,32 @@ def test_wrap_task_handler() -> None:
     assert made == ["celery:checked m"]
 
 
+def test_requests_in_pool() -> None:
+    """Celery's reserved and active requests, read before ``on_close`` clears the reserved ones
+    (and cancels scheduled ones, which are in neither): the delivery tags of their messages."""
+    fn = "celery.requests_in_pool"
+    from celery.worker import state as worker_state
+    from celery.worker.consumer.consumer import Consumer as CeleryConsumer
+    from celery.worker.request import Request
+
+    assert isinstance(getattr(Request, "message", None), property), update(fn)
+    source = inspect.getsource(CeleryConsumer.on_close)
+    assert "reserved_requests.clear()" in source and "scheduled_requests" in source, update(fn)
+
+    class Held:  # hashable, as Celery's requests are
+        def __init__(self, tag: str) -> None:
+            self.message = SimpleNamespace(delivery_tag=tag)
+
+    reserved, active = Held("tag-r"), Held("tag-a")
+    worker_state.reserved_requests.add(reserved)
+    worker_state.active_requests.add(active)
+    try:
+        assert sorted(compat_celery.requests_in_pool()) == ["tag-a", "tag-r"]
+    finally:
+        worker_state.reserved_requests.discard(reserved)
+        worker_state.active_requests.discard(active)
+
+
 # -- kombu --------------------------------------------------------------------------------
 def test_guard_brpop_reader_and_forget_delivery(connection: kombu.Connection, queue_name: str) -> None:
     fn = "kombu.guard_brpop_reader"

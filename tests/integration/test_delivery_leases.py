@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import Worker, wait_for
 
@@ -187,3 +188,78 @@ def test_revoke_with_terminate_still_stops_a_running_task(dlv: Any, start_worker
     result.revoke(terminate=True)
     wait_for(lambda: result.state == "REVOKED", 30, what="the task to be revoked")
     assert not [r for r in runs(dlv, key) if r["event"] == "end"]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Any]:
+    """A Redis of the test's own (AOF on), to restart; a client app sending to the dlv. queues."""
+    from taskpool import TaskPool
+    from taskpool.core.settings import Settings
+    from taskpool.ops.embedded import RedisServer
+
+    server = RedisServer(tmp_path / "own-redis", appendonly=True).start()
+    ctl = TaskPool(
+        "dlv-ctl",
+        config=False,
+        settings=Settings.from_env(broker_url=server.url, queue_prefix="dlv.", keyspace="dlv"),
+    )
+    yield server, ctl
+    server.stop()
+
+
+def _own_worker(server: Any, ctl: Any, tmp_path: Path, pool: str, name: str) -> Worker:
+    w = Worker(
+        "tests.apps.delivery_app", pool, server.url, tmp_path, concurrency=2, name=name, env=KOMBU_LAST_RESORT
+    )
+    return w.start(ctl)
+
+
+def test_countdown_task_held_across_a_redis_restart_runs_once(own_redis: Any, tmp_path: Path) -> None:
+    """Redis restarts while a worker holds a countdown task: Celery's ``on_close`` cancels its
+    timer and forgets it; taskpool puts it back on the queue at the reconnect, so it runs, once
+    (left held, the keeper vouched for it forever: lost)."""
+    server, ctl = own_redis
+    key = f"eta-{os.urandom(3).hex()}"
+    worker = _own_worker(server, ctl, tmp_path, "prefork", "eta-restart")
+    try:
+        result = ctl.send_task(
+            "tests.apps.delivery_app.hold", (key, 0.0, 0.0), queue="dlv.prefork", countdown=8
+        )
+        wait_for(lambda: "received" in worker.log(), 30, what="the worker to hold the countdown task")
+        server.stop()  # SIGTERM: the AOF is flushed
+        time.sleep(1.0)
+        server.start()
+        assert result.get(timeout=90) == 1
+        time.sleep(TTL + 3)  # a wrong restore would run it again by now
+        client = redis.Redis(port=server.port)
+        assert int(client.hget(f"{key}:starts", result.id) or 0) == 1
+        assert worker.process is not None and worker.process.poll() is None, worker.log()[-3000:]
+        assert "held message(s) go back on the queue at the reconnect" in worker.log()
+    finally:
+        worker.stop()
+
+
+def test_threads_task_that_ends_while_redis_is_down_runs_once(own_redis: Any, tmp_path: Path) -> None:
+    """A task ends while Redis is down: its ack cannot reach Redis. Its delivery stays held (the
+    keeper vouches for it) and is acked when Redis is back, so no worker restores it: it runs once
+    (dropped at the failed ack, it was restored a lease ttl later and ran twice)."""
+    server, ctl = own_redis
+    key = f"down-{os.urandom(3).hex()}"
+    worker = _own_worker(server, ctl, tmp_path, "threads", "ack-down")
+    client = redis.Redis(port=server.port)
+    try:
+        result = ctl.send_task("tests.apps.delivery_app.sleep_threads", (key, 2.0), queue="dlv.threads")
+        wait_for(lambda: client.hlen(f"{key}:starts") == 1, 30, what="the task to start")
+        server.stop()
+        client.close()
+        time.sleep(5.0)  # the task ends ~2 s into the outage
+        assert f"sleep_threads[{result.id}] succeeded" in worker.log()  # ended, Redis still down
+        server.start()
+        time.sleep(TTL * 2 + 3)  # past a lease ttl and a sweep: a restored delivery would have run by now
+        client = redis.Redis(port=server.port)
+        assert [int(v) for v in client.hvals(f"{key}:starts")] == [1]
+        assert "taken over" not in worker.log() and "restored by another worker" not in worker.log()
+        assert worker.process is not None and worker.process.poll() is None, worker.log()[-3000:]
+    finally:
+        worker.stop()
+        client.close()

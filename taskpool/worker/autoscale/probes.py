@@ -14,6 +14,7 @@ from taskpool.compat.celery import inner_pool
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.names import queue_keyprefix
 from taskpool.stores.queues import queue_depths
+from taskpool.stores.redis_client import redis_client
 
 #: Socket timeouts of the queue probe's Redis client, in seconds: the hub must not hang on Redis.
 PROBE_TIMEOUT = 0.5
@@ -32,8 +33,11 @@ class QueueProbe:
     def for_app(cls, app: Any) -> QueueProbe | None:
         """A probe of the app's consumed queues on the broker's Redis; None when there is nothing to read."""
         try:
-            client = redis.Redis.from_url(
-                app.conf.broker_url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+            client = redis_client(
+                app.conf.broker_url,
+                app.conf.broker_transport_options,
+                socket_timeout=PROBE_TIMEOUT,
+                socket_connect_timeout=PROBE_TIMEOUT,
             )
             names = sorted(app.amqp.queues.consume_from or ())
             keyprefix = queue_keyprefix(app.conf.broker_transport_options)

@@ -1,0 +1,56 @@
+"""Clients of taskpool's own Redis (semaphores, dead letters, delivery leases, the CLI, the
+autoscaler's probes) for ``redis://``, ``rediss://``, ``unix://`` and Redis Sentinel URLs.
+
+A ``sentinel://`` URL (:mod:`taskpool.core.sentinel`) gives a client of the master the sentinels
+name for ``master_name`` (taken from the transport options, as kombu and Celery do): redis-py's
+``Sentinel.master_for``, whose connections ask the sentinels again after a failover, so the same
+client follows the promoted replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from taskpool.core.errors import ConfigurationError
+from taskpool.core.sentinel import is_sentinel_url, parse_sentinel_url
+
+__all__ = ["redis_client"]
+
+
+def redis_client(url: str, transport_options: Mapping[str, Any] | None = None, **kwargs: Any) -> redis.Redis:
+    """A redis-py client for ``url``; ``kwargs`` go to each connection (``socket_timeout``, ...).
+
+    Raises:
+        ConfigurationError: a sentinel URL without ``master_name`` in ``transport_options``, or a
+            malformed sentinel URL.
+    """
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **kwargs)
+    options = dict(transport_options or {})
+    master_name = options.get("master_name")
+    if not master_name:
+        raise ConfigurationError(
+            "a sentinel:// URL needs the master's name: set TASKPOOL_SENTINEL_MASTER "
+            "(or master_name in broker_transport_options)"
+        )
+    target = parse_sentinel_url(url)
+    connection = dict(kwargs)
+    connection.setdefault("db", target.db)
+    if target.password is not None:
+        connection.setdefault("password", target.password)
+    if target.username is not None:
+        connection.setdefault("username", target.username)
+    sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
+    for key in ("socket_timeout", "socket_connect_timeout"):
+        if key in kwargs:
+            sentinel_kwargs.setdefault(key, kwargs[key])
+    sentinel = Sentinel(
+        list(target.sentinels),
+        min_other_sentinels=int(options.get("min_other_sentinels", 0)),
+        sentinel_kwargs=sentinel_kwargs,
+    )
+    return sentinel.master_for(str(master_name), redis_class=redis.Redis, **connection)
