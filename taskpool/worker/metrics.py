@@ -13,7 +13,8 @@ Two sources:
 - Read at scrape time in the main process (:func:`taskpool.stats.worker_snapshot`): pool size
   and the autoscaler's bounds and target, requests in flight and reserved per task, slots held
   and requests waiting per semaphore (limits, in-flight caps, GPU slots), the admission gate's
-  counters.
+  counters, and ``taskpool_wait_seconds{reason}``: how long admitted requests waited in the
+  gate, by the kind of what they waited for (:mod:`taskpool.worker.waits`).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class WorkerCollector:
         self.worker = worker
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         consumer = getattr(self.worker, "consumer", None)
         if consumer is None:
@@ -145,6 +146,17 @@ class WorkerCollector:
             )
             c.add_metric([pool], float(value))
             yield c
+        wait_seconds = snap.get("wait_seconds") or {}
+        h = HistogramMetricFamily(
+            "taskpool_wait_seconds",
+            "How long admitted requests waited in the admission gate, by what they waited for "
+            "(limit, rate, gpu, max_in_flight, cluster_max_in_flight).",
+            labels=["reason"],
+        )
+        for kind, hist in sorted(wait_seconds.items()):
+            buckets = [(str(float(le)), float(n)) for le, n in hist["buckets"]]
+            h.add_metric([kind], [*buckets, ("+Inf", float(hist["count"]))], float(hist["sum"]))
+        yield h
 
 
 class MetricsStep(bootsteps.StartStopStep):

@@ -30,6 +30,7 @@ if raw then
   local info = cjson.decode(raw)
   local expires_at_ms = now + ttl_ms
   redis.call('ZADD', LEASES, expires_at_ms, token)
+  expire_when_idle()
   wake(to_wake, capacity)
   return {1, info.slots, info.fence, expires_at_ms}
 end
@@ -70,5 +71,6 @@ redis.call('ZADD', LEASES, expires_at_ms, token)
 redis.call('HSET', INFO, token, cjson.encode({
   slots = slots, owner = owner, task_id = task_id, since_ms = now, fence = fence,
 }))
+expire_when_idle()
 wake(to_wake, capacity)
 return {1, slots, fence, expires_at_ms}
