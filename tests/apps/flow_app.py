@@ -64,3 +64,8 @@ def stacked(self: Any, key: str, seconds: float) -> dict[str, Any]:
 @app.task(pool="threads", max_in_flight=2, rate_limit="5/s", bind=True)
 def celery_rated(self: Any, key: str) -> dict[str, Any]:
     return record(self, key, 0.0)
+
+
+@app.task(pool="prefork")
+def orphan() -> None:
+    """Sent to a queue no test worker consumes."""

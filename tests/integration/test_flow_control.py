@@ -11,6 +11,8 @@ import importlib
 import itertools
 import json
 import os
+import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +137,43 @@ def test_celerys_own_rate_limit_works_next_to_limits(flow: Any, start_worker: An
         r.get(timeout=60)
     starts = sorted(e["start"] for e in records(flow, key, 6))
     assert starts[-1] - starts[0] >= 5 * 0.2 * 0.95  # Celery's bucket of 5/s spaced them
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_every_wait_has_a_reason_in_stats_status_and_metrics(flow: Any, start_worker: Any) -> None:
+    port = free_port()
+    worker = start_worker("waits", 4, TASKPOOL_METRICS_PORT=str(port))
+    key = f"waits-{os.urandom(3).hex()}"
+    tenant = f"w{os.urandom(2).hex()}"
+    results = [flow.per_tenant.delay(tenant, key, 2.0) for _ in range(3)]  # 2 run, 1 waits
+    orphan = flow.orphan.delay()  # no prefork worker runs: its queue has no consumer
+
+    def waits() -> list[dict[str, Any]]:
+        stats = flow.app.control.inspect([worker.hostname], timeout=1.0).stats() or {}
+        return list((stats.get(worker.hostname) or {}).get("taskpool", {}).get("waits") or [])
+
+    found = wait_for(waits, 20, what="a waiting request in inspect stats")
+    assert isinstance(found, list)
+    (row,) = found
+    assert row["task"] == "tests.apps.flow_app.per_tenant"
+    assert row["reason"] == f"limit tenant:{tenant} 2/2" and row["count"] == 1
+    assert row["kind"] == "limit" and row["key"] == f"tenant:{tenant}" and row["oldest_wait"] >= 0
+    shown = taskpool_cli("tests.apps.flow_app", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "waiting" in shown.stdout and f"limit tenant:{tenant} 2/2" in shown.stdout, shown.stdout
+    assert "no worker consumes flow.prefork" in shown.stdout, shown.stdout
+    for r in results:
+        r.get(timeout=60)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'taskpool_wait_seconds_count{reason="limit"} 1.0' in metrics, metrics
+    assert 'taskpool_wait_seconds_bucket{le="0.5",reason="limit"} 0.0' in metrics  # it waited ~2 s
+    # The key's semaphore costs nothing once idle: every key of it expires.
+    sem_keys = flow.app.redis.keys(f"flow:sem:{{limit:tenant:{tenant}}}:*")
+    assert sem_keys and all(flow.app.redis.pttl(k) > 0 for k in sem_keys), sem_keys
+    orphan.forget()
+    flow.app.redis.delete("flow.prefork")

@@ -82,6 +82,7 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
             by = ", ".join(nodes) if nodes else ("[red]no worker[/]" if depth else "-")
             queues.add_row(name, str(depth), by)
     show(queues)
+    _show_waiting(rows, orphans)
     for name, depth, pool, gpu in orphans:
         need = f"a {pool} worker with GPU slots (TASKPOOL_GPUS >= 1)" if gpu else f"a {pool} worker"
         console.print(
@@ -108,6 +109,28 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
     for name, h in freed:
         console.print(f"{name}: slot {h.slot} {dead_holder(h)}", soft_wrap=True)
     console.print(f"dead letters: {app.dead_letters.count()}  (taskpool dead ls)")
+
+
+def _show_waiting(rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]], orphans: list[Any]) -> None:
+    """Requests the workers' admission gates hold, per task and reason (``taskpool.waits``), and
+    the messages of queues no live worker consumes."""
+    waiting = Table(id_column("task"), "waiting for", "count", "oldest wait", id_column("worker"))
+    waiting.title = "waiting"
+    entries = [(w, node) for _, node, tp, _ in rows for w in tp.get("waits") or ()]
+    for w, node in sorted(entries, key=lambda e: (-float(e[0].get("oldest_wait", 0)), e[1])):
+        waiting.add_row(
+            str(w.get("task", "")),
+            str(w.get("reason", "")),
+            str(w.get("count", "")),
+            f"{float(w.get('oldest_wait', 0)):.1f} s",
+            node,
+        )
+    for name, depth, _pool, _gpu in orphans:
+        waiting.add_row("*", f"no worker consumes {name}", str(depth), "", "-")
+    if entries or orphans:
+        show(waiting)
+    else:
+        console.print("waiting: none")
 
 
 def _holding(tp: dict[str, Any]) -> str:
