@@ -54,6 +54,8 @@ PLACEMENT_TICK = 0.1
 PUBLISH_EVERY = 1.0
 #: Seconds between two reads of the peers' records while this worker holds no surplus.
 READ_PEERS_EVERY = 0.5
+#: Seconds before a rate conforms again that the event loop looks (its turn takes about that long).
+RATE_LEAD = 0.001
 
 
 class View:
@@ -161,6 +163,8 @@ class Gate:
         }
         self._waiter: threading.Thread | None = None
         self.wait_times = WaitTimes()  # taskpool_wait_seconds{reason}
+        self._rate_timer_at: float | None = None  # when the event loop's next rate look is due
+        self._rate_timer: Any = None  # its hub timer entry (one at most)
         self.placement = Placement(self.owner)
         self.board = PeerBoard(client, app.settings.keyspace, self.owner) if spread and client else None
         self._requeue = requeue
@@ -249,6 +253,7 @@ class Gate:
             return
         if self._offer_at_receipt(request, needs):
             return
+        self._look_again_at(wait)
         with self._lock:
             self._waiting.append(_Waiting(request, needs, rates, wait))
             if self._held_extra < self.max_waiting_extra:
@@ -389,6 +394,8 @@ class Gate:
                 if wait is not None:
                     w.wait = wait
                     taken |= w.names
+                    if on_loop:
+                        self._look_again_at(wait)
                     continue
                 self.wait_times.observe(w.wait.kind, time.monotonic() - w.since)
                 key = state.admission_key(w.request)
@@ -409,6 +416,27 @@ class Gate:
             return granted
         finally:
             self._round.release()
+
+    def _look_again_at(self, wait: Wait) -> None:
+        """On the event loop: a rate conforms again at a known time, so run a round then (a hub
+        timer; a ``call_soon`` from the waiter thread would wait for the loop's next poll)."""
+        at = wait.retry_at
+        if at is None or self._hub is None or threading.get_ident() != self._loop_thread:
+            return
+        if self._rate_timer is not None:
+            if self._rate_timer_at is not None and self._rate_timer_at <= at:
+                return  # a look is due before then: it schedules the next one
+            # One timer at most: the hub fires at most 10 due timers per turn, then polls for 1 s.
+            self._rate_timer.cancel()
+        self._rate_timer_at = at
+        # A turn of the loop takes about a millisecond: start it that much early (an early look is
+        # refused by the rate and looks again).
+        delay = max(at - time.monotonic() - RATE_LEAD, 0.0002)
+        self._rate_timer = self._hub.call_later(delay, self._on_rate_timer)
+
+    def _on_rate_timer(self) -> None:
+        self._rate_timer = self._rate_timer_at = None
+        self._admit_on_loop()
 
     # -- the waiter thread -------------------------------------------------------------
     def _wait_loop(self) -> None:
@@ -436,7 +464,7 @@ class Gate:
             # "for ever").
             timeout = 0.5
             retry = [w.wait.retry_at for w in waiting if w.wait.retry_at is not None]
-            if retry:
+            if retry and self._hub is None:  # with an event loop, its timers look at rates
                 timeout = min(timeout, max(min(retry) - time.monotonic(), 0.002))
             try:
                 if wake_keys:
