@@ -177,3 +177,12 @@ def test_every_wait_has_a_reason_in_stats_status_and_metrics(flow: Any, start_wo
     assert sem_keys and all(flow.app.redis.pttl(k) > 0 for k in sem_keys), sem_keys
     orphan.forget()
     flow.app.redis.delete("flow.prefork")
+
+
+def test_eager_calls_wait_for_their_rate_tokens_too(flow: Any) -> None:
+    key = f"eager-{os.urandom(3).hex()}"
+    name = f"e{os.urandom(2).hex()}"  # a rate key of its own: 4/s
+    for _ in range(3):
+        flow.slow_rated.apply(args=(name, key)).get()
+    starts = sorted(e["start"] for e in records(flow, key, 3))
+    assert starts[-1] - starts[0] >= 2 * 0.25 * 0.95
