@@ -28,6 +28,8 @@ logger = logging.getLogger("taskpool.admission")
 
 #: Seconds a limit's size is cached by a worker (``taskpool limits set`` takes effect after it).
 LIMIT_SIZE_TTL = 2.0
+#: Semaphore objects a worker keeps for reuse (keyed limits make one per key).
+MAX_CACHED_SEMAPHORES = 10_000
 
 Held = list[tuple[Semaphore, Lease]]
 
@@ -105,6 +107,9 @@ class Holdings:
 
     def semaphore(self, need: Need) -> Semaphore:
         sem = self._semaphores.get(need.name)
+        if sem is None and len(self._semaphores) >= MAX_CACHED_SEMAPHORES:
+            # Keyed limits make one semaphore per key: forget them all (held leases keep theirs).
+            self._semaphores.clear()
         if sem is None:
             sem = self._semaphores[need.name] = Semaphore(
                 self.client, need.name, need.capacity, self.ttl, keyspace=self.keyspace
