@@ -186,3 +186,17 @@ def test_eager_calls_wait_for_their_rate_tokens_too(flow: Any) -> None:
         flow.slow_rated.apply(args=(name, key)).get()
     starts = sorted(e["start"] for e in records(flow, key, 3))
     assert starts[-1] - starts[0] >= 2 * 0.25 * 0.95
+
+
+def test_a_message_that_cannot_fill_a_keyed_name_fails_with_a_dead_letter(
+    flow: Any, start_worker: Any
+) -> None:
+    start_worker("d1", 2)
+    before = flow.app.dead_letters.count()
+    # send_task skips the check at .delay(): the worker refuses it instead of crashing.
+    result = flow.app.send_task("tests.apps.flow_app.per_tenant", kwargs={"key": "k", "seconds": 0})
+    with pytest.raises(ConfigurationError, match="needs the argument 'tenant_id'"):
+        result.get(timeout=30)
+    assert flow.app.dead_letters.count() == before + 1
+    ok = flow.per_tenant.delay("after", f"after-{os.urandom(3).hex()}", 0.0)
+    assert ok.get(timeout=30)["tenant"] == "after"  # the worker goes on
