@@ -460,14 +460,14 @@ class Gate:
                     time.sleep(0.5)
                     continue
             wake_keys = self.holdings.wake_keys([n for w in waiting for n in w.needs])
-            # A rate conforms again at a known time: look then (BLPOP takes float seconds; 0 is
-            # "for ever").
+            # A rate conforms again at a known time: look then, after a local sleep (Redis ends a
+            # BLPOP's timeout tens of milliseconds late: too coarse for a rate).
             timeout = 0.5
             retry = [w.wait.retry_at for w in waiting if w.wait.retry_at is not None]
             if retry and self._hub is None:  # with an event loop, its timers look at rates
-                timeout = min(timeout, max(min(retry) - time.monotonic(), 0.002))
+                timeout = min(timeout, max(min(retry) - time.monotonic(), 0.0005))
             try:
-                if wake_keys:
+                if wake_keys and timeout >= 0.5:
                     self.client.blpop(wake_keys, timeout=timeout)
                 else:
                     self._stopping.wait(timeout)

@@ -69,3 +69,8 @@ def celery_rated(self: Any, key: str) -> dict[str, Any]:
 @app.task(pool="prefork")
 def orphan() -> None:
     """Sent to a queue no test worker consumes."""
+
+
+@app.task(pool="gevent", rates={"flow:gevent": "20/s"}, limits={"tenant:{tenant_id}": 3}, bind=True)
+def rated_gevent(self: Any, tenant_id: str, key: str) -> dict[str, Any]:
+    return record(self, key, 0.0)

@@ -34,9 +34,9 @@ def flow(redis_url: str) -> Any:
 def start_worker(flow: Any, redis_url: str, tmp_path: Path) -> Iterator[Any]:
     started: list[Worker] = []
 
-    def start(name: str, concurrency: int, **env: str) -> Worker:
+    def start(name: str, concurrency: int, pool: str = "threads", **env: str) -> Worker:
         w = Worker(
-            "tests.apps.flow_app", "threads", redis_url, tmp_path, concurrency=concurrency, name=name, env=env
+            "tests.apps.flow_app", pool, redis_url, tmp_path, concurrency=concurrency, name=name, env=env
         )
         started.append(w.start(flow.app))
         return w
@@ -200,3 +200,14 @@ def test_a_message_that_cannot_fill_a_keyed_name_fails_with_a_dead_letter(
     assert flow.app.dead_letters.count() == before + 1
     ok = flow.per_tenant.delay("after", f"after-{os.urandom(3).hex()}", 0.0)
     assert ok.get(timeout=30)["tenant"] == "after"  # the worker goes on
+
+
+def test_a_rate_holds_on_gevent_workers(flow: Any, start_worker: Any) -> None:
+    start_worker("g1", 20, pool="gevent")
+    start_worker("g2", 20, pool="gevent")
+    key = f"gevent-{os.urandom(3).hex()}"
+    for r in [flow.rated_gevent.delay(f"t{i % 3}", key) for i in range(60)]:
+        r.get(timeout=60)
+    granted = [e["rate_at"] for e in records(flow, key, 60)]
+    assert most_in_a_second(granted) <= 20
+    assert most_in_a_second(granted) >= 19
