@@ -10,6 +10,7 @@ Pure: the standard library only.
 from __future__ import annotations
 
 import inspect
+import re
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -67,6 +68,17 @@ def bind(
         return dict(kwargs or {})
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+def matches(template: str, name: str, hostname: str | None = None) -> bool:
+    """Whether ``name`` is ``template`` formatted with some arguments (``{hostname}`` as given, or
+    any value)."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append(re.escape(hostname) if field == "hostname" and hostname else r"[^\s{}]+")
+    return re.fullmatch("".join(parts), name) is not None
 
 
 def format_name(task: str, option: str, template: str, arguments: Mapping[str, Any]) -> str:

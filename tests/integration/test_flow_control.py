@@ -11,6 +11,7 @@ import importlib
 import itertools
 import json
 import os
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -167,6 +168,8 @@ def test_every_wait_has_a_reason_in_stats_status_and_metrics(flow: Any, start_wo
     assert shown.returncode == 0, shown.stderr
     assert "waiting" in shown.stdout and f"limit tenant:{tenant} 2/2" in shown.stdout, shown.stdout
     assert "no worker consumes flow.prefork" in shown.stdout, shown.stdout
+    # The key's semaphore, its declared size (2) and the 2 slots in use.
+    assert re.search(rf"limit:tenant:{tenant}\s*│\s*2\s*│\s*2\s*│", shown.stdout), shown.stdout
     for r in results:
         r.get(timeout=60)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

@@ -111,3 +111,12 @@ def test_wait_times_are_a_cumulative_histogram() -> None:
     assert dict((le, n) for le, n in snap["buckets"])[0.005] == 1
     assert dict((le, n) for le, n in snap["buckets"])[5.0] == 3
     assert dict((le, n) for le, n in snap["buckets"])[10.0] == 3
+
+
+def test_a_limit_name_matches_the_keyed_name_it_was_formatted_from() -> None:
+    assert keys.matches("tenant:{tenant_id}", "tenant:acme")
+    assert keys.matches("tenant:{tenant_id}:{region}", "tenant:acme:eu")
+    assert not keys.matches("tenant:{tenant_id}", "other:acme")
+    assert not keys.matches("tenant:{tenant_id}", "tenant:")
+    assert keys.matches("disk:{hostname}:{x}", "disk:h1:7", hostname="h1")
+    assert not keys.matches("disk:{hostname}:{x}", "disk:h2:7", hostname="h1")

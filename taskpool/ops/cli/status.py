@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from taskpool.core import names
+from taskpool.core import keys, names
 from taskpool.core.settings import POOLS, env_app_path
 from taskpool.ops.cli.common import app_option, console, id_column, load_app, safe, show
 from taskpool.ops.cli.limits import dead_holder
@@ -101,6 +101,8 @@ def status(ctx: click.Context, app_path: str, timeout: float) -> None:
         held = holders_of(app.redis, name, app.settings.keyspace)
         kind, rest = names.kind_of(name)
         size = sizes.get(rest) if kind == names.LIMIT else None
+        if kind == names.LIMIT and size is None:
+            size = _declared_size(app, rest)  # a keyed limit's key, sized by its declaration
         sems.add_row(name, str(size or ""), str(len(held)), ", ".join(sorted({h.owner for h in held})))
     for limit, size in sorted(sizes.items()):
         if names.limit_semaphore(limit) not in in_redis:
@@ -131,6 +133,16 @@ def _show_waiting(rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]], o
         show(waiting)
     else:
         console.print("waiting: none")
+
+
+def _declared_size(app: Any, limit: str) -> int | None:
+    """The size a keyed limit name (``tenant:{tenant_id}``) of a task declares for ``limit``."""
+    for task in list(app.tasks.values()):
+        options = getattr(task, "taskpool", None)
+        for template, size in (getattr(options, "limits", None) or {}).items():
+            if keys.is_keyed(template) and keys.matches(template, limit, names.machine_name()):
+                return int(size)
+    return None
 
 
 def _holding(tp: dict[str, Any]) -> str:
