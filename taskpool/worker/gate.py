@@ -13,6 +13,13 @@ whose ``pool.apply_async`` wraps the completion callbacks to release the leases 
 consumer bootstep :class:`~taskpool.worker.admission.AdmissionStep` creates the gate and
 carries it across connection losses.
 
+A request's cluster-wide rates (``rates=``) are part of the same decision: the gate takes a token
+of each, then the slots, and refunds the tokens when a slot is missing; a request refused by a
+rate is looked at again when its next token is due (a hub timer, or the waiter thread without an
+event loop). Celery's own per-worker ``rate_limit`` buckets come first
+(:func:`~taskpool.compat.celery.rate_limit_handlers`). Each held request keeps what refused it
+(:mod:`taskpool.worker.waits`), for ``inspect stats``, ``taskpool status`` and the metrics.
+
 With other workers on the same queues, the gate holds a waiting request only while that is
 useful: :mod:`taskpool.worker.placement` has the rule (next in line, room, surplus), and a
 request beyond it goes back to the head of its queue for a worker with room.
@@ -237,8 +244,7 @@ class Gate:
             self.consumer.on_task_request(request)
             return
         try:
-            keyed = options.limits or options.rates or options.cluster_key
-            arguments = arguments_of(request) if keyed else None
+            arguments = arguments_of(request) if is_keyed(options) else None
             needs = self.holdings.needs(options, arguments)
             rates = rate_needs_of(options, arguments)
         except ConfigurationError as exc:
