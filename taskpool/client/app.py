@@ -21,7 +21,8 @@ from taskpool.client.routing import Router, pool_of_worker, queues
 from taskpool.client.task import TaskpoolTask, make_run
 from taskpool.core.backoff import Backoff
 from taskpool.core.errors import ConfigurationError
-from taskpool.core.limits import gpu_count
+from taskpool.core.keys import signature_of
+from taskpool.core.limits import check_parameters, gpu_count, is_keyed
 from taskpool.core.options import TaskOptions
 from taskpool.core.sentinel import is_sentinel_url
 from taskpool.core.settings import (
@@ -173,11 +174,12 @@ class TaskPool(Celery):
                         f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} "
                         "cannot be combined with batch"
                     )
-            elif record.has_limits and celery_opts.get("rate_limit"):
-                raise ConfigurationError(
-                    f"task {name!r}: rate_limit={celery_opts['rate_limit']!r} cannot be combined with "
-                    "max_in_flight, cluster_max_in_flight, limits or gpu_slots yet"
-                )
+                if is_keyed(record):
+                    raise ConfigurationError(
+                        f"task {name!r}: batch cannot be combined with keyed limit or rate names "
+                        "(a batch's inputs may have different keys)"
+                    )
+            check_parameters(record, signature_of(fun, bind))
             if record.batch is not None or record.has_limits:
                 # In the worker's main process, requests of this task are collected into batches
                 # and/or pass the admission gate (a batch passes it once) before the pool.
@@ -188,6 +190,7 @@ class TaskPool(Celery):
                 max_retries=record.retries,
                 taskpool=record,
                 taskpool_function=staticmethod(fun),  # the user's function (batches call it directly)
+                taskpool_signature=signature_of(fun, bind),  # keyed limit names bind to it
                 backoff_policy=Backoff(record.backoff, record.backoff_max, record.jitter),
                 # Celery checks .delay() arguments against this; keep the user's signature.
                 __header__=self.type_checker(fun, bound=bind),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from taskpool.compat.celery import repoint_current_task
 from taskpool.core import names
 from taskpool.core.backoff import Backoff
 from taskpool.core.errors import BatchError
+from taskpool.core.keys import bind
+from taskpool.core.limits import check_call, is_keyed
 from taskpool.core.options import TaskOptions
 from taskpool.runtime import aio
 from taskpool.runtime import batch as batching
@@ -74,6 +77,16 @@ class TaskpoolTask(celery.Task):
 
     taskpool: TaskOptions
     backoff_policy: Backoff
+    #: The signature a call binds to (keyed limit and rate names name its parameters).
+    taskpool_signature: inspect.Signature | None = None
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        """Celery's ``apply_async``; a keyed limit or rate name that this call's arguments cannot
+        fill is a :class:`~taskpool.errors.ConfigurationError` here, before anything is sent."""
+        record = getattr(self, "taskpool", None)
+        if record is not None and is_keyed(record):
+            check_call(record, bind(self.taskpool_signature, args or (), kwargs or {}))
+        return super().apply_async(args, kwargs, *rest, **options)
 
     def _get_request(self) -> Any:
         current = _coroutine_request.get()
@@ -204,7 +217,7 @@ def make_run(fun: Callable[..., Any], options: TaskOptions, bind: bool) -> Calla
             if request.is_eager:
                 from taskpool.runtime.leases import eager_admission
 
-                with eager_admission(task) as gpus:
+                with eager_admission(task, args, kwargs) as gpus:
                     request.taskpool_gpus = gpus
                     return call(task, args, kwargs)
             if gpu:

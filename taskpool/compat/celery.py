@@ -260,3 +260,46 @@ def requests_in_pool() -> list[str]:
         if tag is not None:
             tags.append(str(tag))
     return tags
+
+
+def rate_limit_handlers(consumer: Any, on_task_request: Callable[[Any], Any]) -> dict[str, Any]:
+    """Celery's per-worker ``rate_limit`` token buckets, ending in ``on_task_request``.
+
+    Celery's default strategy sends a rate-limited request to ``consumer._limit_task`` (and an ETA
+    one to ``_limit_post_eta``), whose bucket moves it on to the consumer's own
+    ``on_task_request`` when its token comes: the pool, past taskpool's admission gate. These are
+    the same three steps (celery/worker/consumer/consumer.py, 5.x) moving the request to
+    ``on_task_request`` instead, as the attributes of a consumer view (no public hook exists).
+    """
+    from celery.worker.state import task_reserved
+
+    def move_to_pool(request: Any) -> None:
+        task_reserved(request)
+        on_task_request(request)
+
+    def schedule(bucket: Any) -> None:
+        while True:
+            try:
+                request, tokens = bucket.pop()
+            except IndexError:
+                break
+            if bucket.can_consume(tokens):
+                move_to_pool(request)
+                continue
+            bucket.contents.appendleft((request, tokens))  # keep the order
+            consumer._limit_order = (consumer._limit_order + 1) % 10
+            consumer.timer.call_after(
+                bucket.expected_time(tokens), schedule, (bucket,), priority=consumer._limit_order
+            )
+            break
+
+    def limit_task(request: Any, bucket: Any, tokens: int) -> None:
+        bucket.add((request, tokens))
+        schedule(bucket)
+
+    def limit_post_eta(request: Any, bucket: Any, tokens: int) -> None:
+        consumer.qos.decrement_eventually()
+        bucket.add((request, tokens))
+        schedule(bucket)
+
+    return {"_limit_task": limit_task, "_limit_post_eta": limit_post_eta}

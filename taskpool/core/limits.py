@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskpool.core import names
+from taskpool.core import keys, names
 from taskpool.core.checks import is_int, option_error
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.names import expand_limit_name as expand_limit_name
@@ -86,30 +86,102 @@ def gpu_count() -> int:
     return int(torch.cuda.device_count())  # NVML only: CUDA is not initialised in this process
 
 
+def limit_names(options: TaskOptions, arguments: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Declared limit name -> the limit's name for one call (keyed names formatted from
+    ``arguments``, ``{hostname}`` expanded).
+
+    Raises:
+        ConfigurationError: a keyed name's parameter has no argument in this call.
+    """
+    return {
+        raw: expand_limit_name(
+            keys.format_name(options.task, "limits", raw, arguments or {}) if keys.is_keyed(raw) else raw
+        )
+        for raw in options.limits
+    }
+
+
+def check_call(options: TaskOptions, arguments: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` if a keyed name of the task cannot be formatted for a call
+    with ``arguments`` (at ``.delay()``, before the message is sent)."""
+    limit_names(options, arguments)
+    if options.cluster_key is not None:
+        keys.format_name(options.task, "cluster_max_in_flight", options.cluster_key, arguments)
+    for raw in options.rates:
+        if keys.is_keyed(raw):
+            keys.format_name(options.task, "rates", raw, arguments)
+
+
+def check_parameters(options: TaskOptions, signature: Any) -> None:
+    """Raise :class:`ConfigurationError` if a keyed name names a parameter the task does not take
+    (``signature``: an ``inspect.Signature``, or ``None`` when unknown)."""
+    if signature is None:
+        return
+    params = signature.parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    declared = [("limits", n) for n in options.limits] + [("rates", n) for n in options.rates]
+    if options.cluster_key is not None:
+        declared.append(("cluster_max_in_flight", options.cluster_key))
+    for option, name in declared:
+        for field in keys.fields_of(name):
+            if field not in params:
+                raise ConfigurationError(
+                    f"task {options.task!r}: {option} name {name!r} names {{{field}}}, which is not a "
+                    f"parameter of the task (its parameters: {', '.join(params) or 'none'})"
+                )
+
+
+def is_keyed(options: TaskOptions) -> bool:
+    """Whether a name of the task's limits or rates is formatted from the call's arguments."""
+    return (
+        options.cluster_key is not None
+        or any(keys.is_keyed(n) for n in options.limits)
+        or any(keys.is_keyed(n) for n in options.rates)
+    )
+
+
 def needs_of(
     options: TaskOptions,
     *,
     node: str,
-    limit_sizes: dict[str, int | None],
+    limit_sizes: Mapping[str, int | None],
     gpus: int,
+    arguments: Mapping[str, Any] | None = None,
 ) -> list[Need]:
-    """The semaphores a task needs on worker ``node``, in a fixed order.
+    """The semaphores a task needs on worker ``node`` for a call with ``arguments``, in a fixed order.
+
+    A keyed limit (``limits={"tenant:{tenant_id}": 5}``) has the declared number as its size
+    (each run takes one slot) unless ``taskpool limits set`` stored one for the key.
 
     Raises:
-        ConfigurationError: a named limit has no size (limits are strict), or the task wants
-            more GPU slots than this host has.
+        ConfigurationError: a named limit has no size (limits are strict), the task wants
+            more GPU slots than this host has, or a keyed name's parameter has no argument.
     """
     task = options.task
     needs: list[Need] = []
     if options.max_in_flight:
         needs.append(Need(names.node_semaphore(node, task), options.max_in_flight, 1, names.MAX_IN_FLIGHT))
     if options.cluster_max_in_flight:
+        key = None
+        if options.cluster_key is not None:
+            key = keys.format_name(task, "cluster_max_in_flight", options.cluster_key, arguments or {})
         needs.append(
-            Need(names.task_semaphore(task), options.cluster_max_in_flight, 1, names.CLUSTER_MAX_IN_FLIGHT)
+            Need(
+                names.task_semaphore(task, key),
+                options.cluster_max_in_flight,
+                1,
+                names.CLUSTER_MAX_IN_FLIGHT,
+            )
         )
+    expanded = limit_names(options, arguments)
     for raw_name, count in sorted(options.limits.items()):
-        name = expand_limit_name(raw_name)
+        name = expanded[raw_name]
         size = limit_sizes.get(name)
+        if keys.is_keyed(raw_name):
+            if size is None:
+                size = check_limit_size(name, count)
+            count = 1
         if size is None:
             raise ConfigurationError(
                 f"task {task!r}: limit {name!r} has no size, so the task cannot run (limits are strict); "
@@ -135,6 +207,8 @@ def validate(task: str, o: dict[str, Any], *, pool: str, visibility_timeout: flo
     """The limit options checked: the TaskOptions fields they set."""
     for option in ("max_in_flight", "cluster_max_in_flight"):
         value = o.get(option)
+        if option == "cluster_max_in_flight" and isinstance(value, Mapping):
+            continue  # keyed: checked below
         if value is not None and (not is_int(value) or value < 1):
             raise option_error(task, option, value, "must be an integer >= 1")
     limits = o.get("limits") or {}
@@ -143,21 +217,39 @@ def validate(task: str, o: dict[str, Any], *, pool: str, visibility_timeout: flo
             task, "limits", limits, 'must map limit names to slots, like {"license:matlab": 1}'
         )
     for name, slots in limits.items():
-        if (
-            not isinstance(name, str)
-            or not name.strip()
-            or "{" in name.replace("{hostname}", "")
-            or "}" in name.replace("{hostname}", "")
-        ):
+        try:
+            ok = isinstance(name, str) and bool(name.strip()) and keys.fields_of(name) is not None
+        except ValueError:
+            ok = False
+        if not ok:
             raise option_error(
                 task,
                 "limits",
                 dict(limits),
-                f"has an invalid limit name {name!r} (non-empty; braces only in {{hostname}})",
+                f"has an invalid limit name {name!r} (non-empty; braces only around a parameter "
+                "of the task, like tenant:{tenant_id}, or {hostname})",
             )
         if not is_int(slots) or slots < 1:
             raise option_error(
                 task, "limits", dict(limits), f"gives limit {name!r} {slots!r} slots; need an integer >= 1"
+            )
+    cluster = o.get("cluster_max_in_flight")
+    cluster_key = None
+    if isinstance(cluster, Mapping):
+        bad = len(cluster) != 1
+        if not bad:
+            ((cluster_key, cluster),) = cluster.items()
+            try:
+                bad = not isinstance(cluster_key, str) or not keys.is_keyed(cluster_key)
+            except ValueError:
+                bad = True
+            bad = bad or not is_int(cluster) or cluster < 1
+        if bad:
+            raise option_error(
+                task,
+                "cluster_max_in_flight",
+                dict(o["cluster_max_in_flight"]),
+                'must be an integer >= 1, or one keyed name -> size like {"{tenant_id}": 5}',
             )
     gpu_slots = o.get("gpu_slots", 0)
     if not is_int(gpu_slots) or gpu_slots < 0:
@@ -172,7 +264,8 @@ def validate(task: str, o: dict[str, Any], *, pool: str, visibility_timeout: flo
         )
     return {
         "max_in_flight": o.get("max_in_flight"),
-        "cluster_max_in_flight": o.get("cluster_max_in_flight"),
+        "cluster_max_in_flight": cluster,
+        "cluster_key": cluster_key,
         "limits": dict(limits),
         "gpu_slots": gpu_slots,
     }

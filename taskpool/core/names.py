@@ -6,6 +6,8 @@ Semaphore names (one hash tag each, so no braces) say what a slot limits:
 - ``task:<task>``: ``cluster_max_in_flight``, a cap over every worker;
 - ``limit:<name>``: a named limit (``limits={"license:matlab": 1}``), sized by ``taskpool limits set``;
 - ``gpu:<machine>``: the GPU slots of one machine.
+A keyed name (``tenant:{tenant_id}``) is formatted from the task's arguments first: one
+semaphore per key, whose keys expire with their last lease.
 
 Redis keys, under the settings' ``keyspace`` (default ``taskpool``):
 
@@ -60,9 +62,10 @@ def node_semaphore(node: str, task: str) -> str:
     return f"node:{node}{_NODE_TASK_SEP}{task}"
 
 
-def task_semaphore(task: str) -> str:
-    """The semaphore of ``cluster_max_in_flight``: ``task``'s slots over every worker."""
-    return f"task:{task}"
+def task_semaphore(task: str, key: str | None = None) -> str:
+    """The semaphore of ``cluster_max_in_flight``: ``task``'s slots over every worker (with a keyed
+    ``cluster_max_in_flight={"{tenant_id}": 5}``, the slots of one key: ``task:<task>:<key>``)."""
+    return f"task:{task}" if key is None else f"task:{task}:{key}"
 
 
 def limit_semaphore(name: str) -> str:
@@ -102,6 +105,11 @@ def kind_glob(kind: str) -> str:
 def limits_key(keyspace: str) -> str:
     """The hash of named limits' sizes (name -> slots)."""
     return f"{keyspace}:limits"
+
+
+def rate_key(name: str, keyspace: str) -> str:
+    """The key of rate ``name`` (its GCRA "theoretical arrival time"; expires when idle)."""
+    return f"{keyspace}:rate:{{{name}}}"
 
 
 def dead_letter_keys(keyspace: str) -> tuple[str, str]:
@@ -207,3 +215,5 @@ def queue_keyprefix(transport_options: Mapping[str, Any] | None) -> str:
 LEASES_KEY = "taskpool_leases"
 #: ``[slot, ...]``: the GPU slots leased for the task (:mod:`taskpool.runtime.gpu`).
 GPUS_KEY = "taskpool_gpus"
+#: When the gate took the request's rate tokens (seconds since the epoch, Redis clock).
+RATE_AT_KEY = "taskpool_rate_at"

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.app.task import Task as CeleryTask
 
-from taskpool.core import backoff, batch, limits
+from taskpool.core import backoff, batch, limits, rates
 from taskpool.core.batch import Batch
 from taskpool.core.checks import option_error
 from taskpool.core.errors import ConfigurationError
@@ -20,7 +20,7 @@ from taskpool.core.settings import POOLS
 
 #: Each feature owns its task options: their names and the check that turns them into fields
 #: of :class:`TaskOptions` (``validate(task, options, pool=..., visibility_timeout=...)``).
-FEATURES = (backoff, limits, batch)
+FEATURES = (backoff, limits, rates, batch)
 
 
 #: taskpool's own options (``pool`` defaults to the app's setting).
@@ -58,9 +58,12 @@ class TaskOptions:
         jitter: full jitter: the wait is uniform in [0, capped backoff].
         retry_on: exception types that trigger a retry.
         max_in_flight: at most this many run at once on one worker node.
-        cluster_max_in_flight: at most this many run at once across all workers.
+        cluster_max_in_flight: at most this many run at once across all workers (per key with
+            ``cluster_key``).
+        cluster_key: a keyed name like ``{tenant_id}``: ``cluster_max_in_flight`` holds per key.
         limits: named limit -> slots each run occupies.
         gpu_slots: GPU slots of its host each run holds.
+        rates: rate name -> Celery-style rate ("600/m"), enforced across all workers.
         batch: collect inputs into lists (:class:`~taskpool.core.batch.Batch`); limits and GPU
             slots are then taken once per batch.
     """
@@ -74,14 +77,18 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     max_in_flight: int | None = None
     cluster_max_in_flight: int | None = None
+    cluster_key: str | None = None
     limits: Mapping[str, int] = field(default_factory=dict)
     gpu_slots: int = 0
+    rates: Mapping[str, str] = field(default_factory=dict)
     batch: Batch | None = None
 
     @property
     def has_limits(self) -> bool:
         """Whether requests must pass the admission gate."""
-        return bool(self.max_in_flight or self.cluster_max_in_flight or self.limits or self.gpu_slots)
+        return bool(
+            self.max_in_flight or self.cluster_max_in_flight or self.limits or self.gpu_slots or self.rates
+        )
 
     @classmethod
     def from_decorator(

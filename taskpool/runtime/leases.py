@@ -6,13 +6,15 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from taskpool.core.limits import gpu_count, needs_of
-from taskpool.core.names import GPU, expand_limit_name, kind_of
+from taskpool.core import keys, limits, rates
+from taskpool.core.names import GPU, kind_of
 from taskpool.core.options import TaskOptions
 from taskpool.stores.limits import LimitStore
+from taskpool.stores.rates import RateRefusal, Rates
 from taskpool.stores.semaphores import Lease, LeaseKeeper, Semaphore
 
 logger = logging.getLogger("taskpool.admission")
@@ -41,7 +43,7 @@ def release_in_pool(app: Any, leases: list[Any] | None) -> None:
 
 
 @contextlib.contextmanager
-def eager_admission(task: Any) -> Iterator[list[int]]:
+def eager_admission(task: Any, args: Any = (), kwargs: Any = None) -> Iterator[list[int]]:
     """Eager mode (``.apply()``, ``task_always_eager``): take the same limits in this process.
 
     Blocks until every need is granted (in a fixed order, so two eager callers cannot
@@ -51,13 +53,20 @@ def eager_admission(task: Any) -> Iterator[list[int]]:
     options: TaskOptions = task.taskpool
     client = app.redis
     store = LimitStore(client, app.settings.keyspace)
-    sizes = store.get_many([expand_limit_name(n) for n in options.limits]) if options.limits else {}
-    needs = needs_of(
+    arguments = keys.bind(getattr(task, "taskpool_signature", None), args or (), kwargs or {})
+    limit_names = list(limits.limit_names(options, arguments).values())
+    sizes = store.get_many(limit_names) if limit_names else {}
+    needs = limits.needs_of(
         options,
         node=f"eager@{socket.gethostname()}",
         limit_sizes=sizes,
-        gpus=gpu_count() if options.gpu_slots else 0,
+        gpus=limits.gpu_count() if options.gpu_slots else 0,
+        arguments=arguments,
     )
+    rate_needs = rates.rate_needs_of(options, arguments)
+    store_rates = Rates(client, app.settings.keyspace)
+    while isinstance(refused := store_rates.take(rate_needs), RateRefusal):
+        time.sleep(min(refused.wait, 1.0))
     owner = f"eager@{socket.gethostname()}:{os.getpid()}"
     held: list[tuple[Semaphore, Lease]] = []
     with LeaseKeeper() as keeper:

@@ -13,6 +13,13 @@ whose ``pool.apply_async`` wraps the completion callbacks to release the leases 
 consumer bootstep :class:`~taskpool.worker.admission.AdmissionStep` creates the gate and
 carries it across connection losses.
 
+A request's cluster-wide rates (``rates=``) are part of the same decision: the gate takes a token
+of each, then the slots, and refunds the tokens when a slot is missing; a request refused by a
+rate is looked at again when its next token is due (a hub timer, or the waiter thread without an
+event loop). Celery's own per-worker ``rate_limit`` buckets come first
+(:func:`~taskpool.compat.celery.rate_limit_handlers`). Each held request keeps what refused it
+(:mod:`taskpool.worker.waits`), for ``inspect stats``, ``taskpool status`` and the metrics.
+
 With other workers on the same queues, the gate holds a waiting request only while that is
 useful: :mod:`taskpool.worker.placement` has the rule (next in line, room, surplus), and a
 request beyond it goes back to the head of its queue for a worker with room.
@@ -31,15 +38,20 @@ from typing import Any
 import redis
 from celery.worker.state import task_ready, task_reserved
 
+from taskpool.compat.celery import rate_limit_handlers
 from taskpool.compat.kombu import requeue_at_head, window_has_room
+from taskpool.core import names
 from taskpool.core.errors import ConfigurationError
-from taskpool.core.limits import Need
+from taskpool.core.keys import bind
+from taskpool.core.limits import Need, is_keyed
 from taskpool.core.options import TaskOptions
+from taskpool.core.rates import RateNeed, rate_needs_of
 from taskpool.stores.peers import PeerBoard
 from taskpool.stores.semaphores import Lease
 from taskpool.worker import state
 from taskpool.worker.holdings import Holdings, granted
 from taskpool.worker.placement import Placement, bound, is_surplus, room_for, surplus_flags
+from taskpool.worker.waits import Wait, WaitTimes, summary
 
 logger = logging.getLogger("taskpool.admission")
 
@@ -49,6 +61,8 @@ PLACEMENT_TICK = 0.1
 PUBLISH_EVERY = 1.0
 #: Seconds between two reads of the peers' records while this worker holds no surplus.
 READ_PEERS_EVERY = 0.5
+#: Seconds before a rate conforms again that the event loop looks (its turn takes about that long).
+RATE_LEAD = 0.001
 
 
 class View:
@@ -63,12 +77,26 @@ class View:
 
 
 class _Waiting:
-    __slots__ = ("needs", "request", "since")
+    __slots__ = ("names", "needs", "rates", "request", "since", "wait")
 
-    def __init__(self, request: Any, needs: list[Need]) -> None:
+    def __init__(self, request: Any, needs: list[Need], rates: list[RateNeed], wait: Wait) -> None:
         self.request = request
         self.needs = needs
+        self.rates = rates
+        self.names = names_of(needs, rates)
+        self.wait = wait  # what refused it last
         self.since = time.monotonic()
+
+
+def names_of(needs: list[Need], rates: list[RateNeed]) -> set[str]:
+    """What a request competes for: its semaphores and its rates (first come, first served)."""
+    return {n.name for n in needs} | {f"rate {r.name}" for r in rates}
+
+
+def arguments_of(request: Any) -> dict[str, Any]:
+    """A request's arguments by parameter name (keyed limit and rate names are formatted from them)."""
+    signature = getattr(request.task, "taskpool_signature", None)
+    return bind(signature, getattr(request, "args", None) or (), getattr(request, "kwargs", None) or {})
 
 
 def queue_of(request: Any) -> str | None:
@@ -141,6 +169,9 @@ class Gate:
             "kept": 0,  # surplus requests that came back (no other worker took them): held here
         }
         self._waiter: threading.Thread | None = None
+        self.wait_times = WaitTimes()  # taskpool_wait_seconds{reason}
+        self._rate_timer_at: float | None = None  # when the event loop's next rate look is due
+        self._rate_timer: Any = None  # its hub timer entry (one at most)
         self.placement = Placement(self.owner)
         self.board = PeerBoard(client, app.settings.keyspace, self.owner) if spread and client else None
         self._requeue = requeue
@@ -169,7 +200,14 @@ class Gate:
         """The consumer as the strategy should see it."""
         c = self.consumer
         pool = View(c.pool, apply_async=self._pool_apply_async(c.pool.apply_async))
-        return View(c, on_task_request=self.admit, apply_eta_task=self._apply_eta_task, pool=pool)
+        # Celery's own rate_limit (per worker) first, then the gate.
+        return View(
+            c,
+            on_task_request=self.admit,
+            apply_eta_task=self._apply_eta_task,
+            pool=pool,
+            **rate_limit_handlers(c, self.admit),
+        )
 
     def _apply_eta_task(self, request: Any) -> None:
         task_reserved(request)
@@ -206,19 +244,24 @@ class Gate:
             self.consumer.on_task_request(request)
             return
         try:
-            needs = self.holdings.needs(options)
+            arguments = arguments_of(request) if is_keyed(options) else None
+            needs = self.holdings.needs(options, arguments)
+            rates = rate_needs_of(options, arguments)
         except ConfigurationError as exc:
             self._refuse(request, exc)
             return
+        competing = names_of(needs, rates)
         with self._lock:
-            blocked = any(w for w in self._waiting if {n.name for n in w.needs} & {n.name for n in needs})
-        if not blocked and self._try(request, needs):
+            ahead = [w for w in self._waiting if w.names & competing]
+        wait = ahead[0].wait if ahead else self._try(request, needs, rates)
+        if wait is None:
             self._dispatch(request)
             return
         if self._offer_at_receipt(request, needs):
             return
+        self._look_again_at(wait)
         with self._lock:
-            self._waiting.append(_Waiting(request, needs))
+            self._waiting.append(_Waiting(request, needs, rates, wait))
             if self._held_extra < self.max_waiting_extra:
                 # Let the worker fetch other work while this one waits (like an ETA task).
                 self._held_extra += 1
@@ -227,15 +270,19 @@ class Gate:
         self.stats["waited"] += 1
         self._wake.set()
 
-    def _try(self, request: Any, needs: list[Need]) -> bool:
-        """Take every need of ``request`` or none; what was granted travels with it to the pool."""
-        held = self.holdings.take(state.admission_key(request), request.id, needs)
-        if held is None:
-            return False
+    def _try(self, request: Any, needs: list[Need], rates: list[RateNeed]) -> Wait | None:
+        """Take every need and rate token of ``request`` or none (``None``: granted; else what it
+        waits for); what was granted travels with it to the pool."""
+        key = state.admission_key(request)
+        held = self.holdings.take(key, request.id, needs, rates)
+        if isinstance(held, Wait):
+            return held
+        if (at := self.holdings.rate_times.pop(key, None)) is not None:
+            request.request_dict[names.RATE_AT_KEY] = at
         # The GPUs it may use, and the leases the pool process frees as soon as the function returns.
         leases, gpus = granted(needs, held)
         state.set_granted(request, leases, gpus)
-        return True
+        return None
 
     def _key_of_task(self, task_id: str | None) -> str | None:
         """The admission key of the one held delivery of ``task_id`` (``None`` if not just one)."""
@@ -347,12 +394,16 @@ class Gate:
             granted = False
             taken: set[str] = set()
             for w in waiting:
-                names = {n.name for n in w.needs}
-                if names & taken:
+                if w.names & taken:
                     continue
-                if not self._try(w.request, w.needs):
-                    taken |= names
+                wait = self._try(w.request, w.needs, w.rates)
+                if wait is not None:
+                    w.wait = wait
+                    taken |= w.names
+                    if on_loop:
+                        self._look_again_at(wait)
                     continue
+                self.wait_times.observe(w.wait.kind, time.monotonic() - w.since)
                 key = state.admission_key(w.request)
                 with self._lock:
                     dropped = w not in self._waiting  # a connection loss dropped it meanwhile
@@ -371,6 +422,27 @@ class Gate:
             return granted
         finally:
             self._round.release()
+
+    def _look_again_at(self, wait: Wait) -> None:
+        """On the event loop: a rate conforms again at a known time, so run a round then (a hub
+        timer; a ``call_soon`` from the waiter thread would wait for the loop's next poll)."""
+        at = wait.retry_at
+        if at is None or self._hub is None or threading.get_ident() != self._loop_thread:
+            return
+        if self._rate_timer is not None:
+            if self._rate_timer_at is not None and self._rate_timer_at <= at:
+                return  # a look is due before then: it schedules the next one
+            # One timer at most: the hub fires at most 10 due timers per turn, then polls for 1 s.
+            self._rate_timer.cancel()
+        self._rate_timer_at = at
+        # A turn of the loop takes about a millisecond: start it that much early (an early look is
+        # refused by the rate and looks again).
+        delay = max(at - time.monotonic() - RATE_LEAD, 0.0002)
+        self._rate_timer = self._hub.call_later(delay, self._on_rate_timer)
+
+    def _on_rate_timer(self) -> None:
+        self._rate_timer = self._rate_timer_at = None
+        self._admit_on_loop()
 
     # -- the waiter thread -------------------------------------------------------------
     def _wait_loop(self) -> None:
@@ -394,8 +466,17 @@ class Gate:
                     time.sleep(0.5)
                     continue
             wake_keys = self.holdings.wake_keys([n for w in waiting for n in w.needs])
+            # A rate conforms again at a known time: look then, after a local sleep (Redis ends a
+            # BLPOP's timeout tens of milliseconds late: too coarse for a rate).
+            timeout = 0.5
+            retry = [w.wait.retry_at for w in waiting if w.wait.retry_at is not None]
+            if retry and self._hub is None:  # with an event loop, its timers look at rates
+                timeout = min(timeout, max(min(retry) - time.monotonic(), 0.0005))
             try:
-                self.client.blpop(wake_keys, timeout=0.5)
+                if wake_keys and timeout >= 0.5:
+                    self.client.blpop(wake_keys, timeout=timeout)
+                else:
+                    self._stopping.wait(timeout)
             except redis.RedisError:
                 time.sleep(0.5)
 
@@ -493,6 +574,8 @@ class Gate:
             options: TaskOptions | None = getattr(task, "taskpool", None)
             if options is None or not options.has_limits or options.batch is not None:
                 continue
+            if is_keyed(options):
+                continue  # its semaphores depend on each call's arguments
             if app.settings.queue_for(options.pool, gpu=bool(options.gpu_slots)) not in consumed:
                 continue
             try:
@@ -589,12 +672,15 @@ class Gate:
         with self._lock:
             waiting = [(w.request.id, w.request.name, [n.name for n in w.needs]) for w in self._waiting]
             bounds = {n.name: bound(n) for w in self._waiting for n in w.needs}
+            waits = summary((w.request.name, w.wait, w.since) for w in self._waiting)
         return {
             "owner": self.owner,
             "held": held,
             "waiting": waiting,
             "bounds": bounds,  # semaphore -> requests next in line at most (the rest are surplus)
             "peers": len(self.placement.peers()),  # live workers with a gate that this one sees
+            "waits": waits,  # per task and reason: count, oldest wait (see taskpool.worker.waits)
+            "wait_seconds": self.wait_times.snapshot(),
             **self.stats,
         }
 

@@ -16,15 +16,20 @@ from typing import Any
 
 import redis
 
-from taskpool.core.limits import Need, expand_limit_name, gpu_count, needs_of
+from taskpool.core.limits import Need, gpu_count, limit_names, needs_of
 from taskpool.core.options import TaskOptions
+from taskpool.core.rates import RateNeed
 from taskpool.stores.limits import LimitStore
+from taskpool.stores.rates import RateRefusal, Rates
 from taskpool.stores.semaphores import Lease, LeaseKeeper, LeaseLost, Semaphore
+from taskpool.worker.waits import Wait, rate_wait, semaphore_wait
 
 logger = logging.getLogger("taskpool.admission")
 
 #: Seconds a limit's size is cached by a worker (``taskpool limits set`` takes effect after it).
 LIMIT_SIZE_TTL = 2.0
+#: Semaphore objects a worker keeps for reuse (keyed limits make one per key).
+MAX_CACHED_SEMAPHORES = 10_000
 
 Held = list[tuple[Semaphore, Lease]]
 
@@ -62,7 +67,9 @@ class Holdings:
         self.keeper = LeaseKeeper(on_lost=on_lost, grace=min(5.0, ttl / 3))
         self._gpus: int | None = None
         self._sizes: dict[str, int | None] = {}
-        self._sizes_at = 0.0
+        self._sizes_at: dict[str, float] = {}  # limit name -> when its size was read
+        self.rates = Rates(client, keyspace)
+        self.rate_times: dict[str, float] = {}  # admission key -> when its rate tokens were granted
         self._semaphores: dict[str, Semaphore] = {}
         self._held: dict[str, Held] = {}  # admission key -> leases
         self._lock = threading.Lock()
@@ -73,20 +80,36 @@ class Holdings:
     def stop(self) -> None:
         self.keeper.stop()
 
-    def needs(self, options: TaskOptions) -> list[Need]:
-        """The semaphores a task needs here (raises ``ConfigurationError`` if it can never run)."""
+    def needs(self, options: TaskOptions, arguments: dict[str, Any] | None = None) -> list[Need]:
+        """The semaphores a call of a task needs here (``arguments`` fill keyed names).
+
+        Raises:
+            ConfigurationError: the task can never run (a limit with no size, too many GPU
+                slots, a keyed name whose parameter is missing).
+        """
         if self._gpus is None and options.gpu_slots:
             self._gpus = gpu_count()
-        names = list(options.limits)
-        if names and (
-            time.monotonic() - self._sizes_at > LIMIT_SIZE_TTL or not set(names) <= set(self._sizes)
-        ):
-            self._sizes.update(self.limits.get_many([expand_limit_name(n) for n in names]))
-            self._sizes_at = time.monotonic()
-        return needs_of(options, node=self.node, limit_sizes=self._sizes, gpus=self._gpus or 0)
+        if options.limits:
+            now = time.monotonic()
+            names = list(limit_names(options, arguments).values())
+            stale = [n for n in names if now - self._sizes_at.get(n, -LIMIT_SIZE_TTL) >= LIMIT_SIZE_TTL]
+            if stale:
+                if len(self._sizes_at) > 10_000:  # many keys: forget the sizes not read lately
+                    old = [n for n, at in self._sizes_at.items() if now - at > LIMIT_SIZE_TTL]
+                    for n in old:
+                        self._sizes.pop(n, None)
+                        self._sizes_at.pop(n, None)
+                self._sizes.update(self.limits.get_many(stale))
+                self._sizes_at.update(dict.fromkeys(stale, now))
+        return needs_of(
+            options, node=self.node, limit_sizes=self._sizes, gpus=self._gpus or 0, arguments=arguments
+        )
 
     def semaphore(self, need: Need) -> Semaphore:
         sem = self._semaphores.get(need.name)
+        if sem is None and len(self._semaphores) >= MAX_CACHED_SEMAPHORES:
+            # Keyed limits make one semaphore per key: forget them all (held leases keep theirs).
+            self._semaphores.clear()
         if sem is None:
             sem = self._semaphores[need.name] = Semaphore(
                 self.client, need.name, need.capacity, self.ttl, keyspace=self.keyspace
@@ -95,21 +118,31 @@ class Holdings:
             sem.set_capacity(need.capacity)
         return sem
 
-    def take(self, key: str, task_id: str, needs: list[Need]) -> Held | None:
-        """Take every need for the delivery ``key``, or none (partial grants are given back)."""
+    def take(
+        self, key: str, task_id: str, needs: list[Need], rates: list[RateNeed] | None = None
+    ) -> Held | Wait:
+        """Take every need and a token of every rate for the delivery ``key``, or none (partial
+        grants are given back, rate tokens refunded); a refusal says what the request waits for."""
+        rates = rates or []
+        refused = self.rates.take(rates)
+        if isinstance(refused, RateRefusal):
+            return rate_wait(refused.blocking.name, refused.wait)
         got: Held = []
         for need in needs:
             sem = self.semaphore(need)
-            lease = sem.try_acquire(self.owner, need.count, task_id=task_id)
-            if lease is None:
+            lease = sem.try_acquire_or_free(self.owner, need.count, task_id=task_id)
+            if not isinstance(lease, Lease):
                 for s, lease_ in got:
                     s.release(lease_)
-                return None
+                self.rates.refund(rates)
+                return semaphore_wait(need, lease)
             got.append((sem, lease))
         for sem, lease in got:
             self.keeper.add(sem, lease)
         with self._lock:
             self._held[key] = got
+        if isinstance(refused, float):
+            self.rate_times[key] = refused
         return got
 
     def give_back(self, key: str) -> bool:

@@ -13,8 +13,10 @@ Two sources:
 - Read at scrape time in the main process (:func:`taskpool.stats.worker_snapshot`): pool size
   and the autoscaler's bounds and target, requests in flight and reserved per task, slots held
   and requests waiting per semaphore (limits, in-flight caps, GPU slots), the depth of each queue
-  the worker consumes, the admission gate's counters. A task or semaphore seen once stays in
-  the output at 0, so a graph drops to 0 instead of ending.
+  the worker consumes, the admission gate's counters, and ``taskpool_wait_seconds{reason}``: how
+  long admitted requests waited in the gate, by the kind of what they waited for
+  (:mod:`taskpool.worker.waits`). A task or semaphore seen once stays in the output at 0, so a
+  graph drops to 0 instead of ending.
 
 :data:`METRICS` lists every metric by name (what Grafana's dashboard may query).
 """
@@ -62,6 +64,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "taskpool_slots_held": ("gauge", ("semaphore",)),
     "taskpool_slot_waiters": ("gauge", ("semaphore",)),
     "taskpool_queue_depth": ("gauge", ("queue",)),
+    "taskpool_wait_seconds": ("histogram", ("reason",)),
     **{f"taskpool_admission_{name}": ("counter", ("pool",)) for name in ADMISSION_COUNTERS},
 }
 
@@ -152,7 +155,7 @@ class WorkerCollector:
         return {label: values.get(label, 0) for label in sorted(seen)}
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         consumer = getattr(self.worker, "consumer", None)
         if consumer is None:
@@ -199,6 +202,17 @@ class WorkerCollector:
             )
             c.add_metric([pool], float(value))
             yield c
+        wait_seconds = snap.get("wait_seconds") or {}
+        h = HistogramMetricFamily(
+            "taskpool_wait_seconds",
+            "How long admitted requests waited in the admission gate, by what they waited for "
+            "(limit, rate, gpu, max_in_flight, cluster_max_in_flight).",
+            labels=["reason"],
+        )
+        for kind, hist in sorted(wait_seconds.items()):
+            buckets = [(str(float(le)), float(n)) for le, n in hist["buckets"]]
+            h.add_metric([kind], [*buckets, ("+Inf", float(hist["count"]))], float(hist["sum"]))
+        yield h
 
     def _queue_depths(self, queues: list[str]) -> dict[str, int] | None:
         """Depth of each queue in Redis; None (no samples) when Redis cannot be reached."""

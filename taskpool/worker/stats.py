@@ -113,6 +113,8 @@ def worker_snapshot(app: Any, consumer: Any) -> dict[str, Any]:
             for name, n in sorted(waiting.items())
         }
         snapshot["peers"] = int(info.get("peers", 0))
+        snapshot["waits"] = info.get("waits", [])  # per task and reason (taskpool.worker.waits)
+        snapshot["wait_seconds"] = info.get("wait_seconds", {})
         snapshot["admission"] = {
             k: v for k, v in info.items() if k not in _NOT_COUNTERS and isinstance(v, int)
         }

@@ -55,6 +55,10 @@ class FakeSemaphore:
         self.holders[lease.token] = lease
         return lease
 
+    def try_acquire_or_free(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | int:
+        lease = self.try_acquire(owner, count, task_id)
+        return lease if lease is not None else self.free()
+
     def release(self, lease: Lease, *, missing_ok: bool = False) -> bool:
         return self.holders.pop(lease.token, None) is not None
 

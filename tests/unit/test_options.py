@@ -47,7 +47,14 @@ def declare(app: TaskPool, **options: object) -> object:
         ({"limits": ["license:matlab"]}, "limits=['license:matlab'] must map limit names to slots"),
         ({"limits": {"license:matlab": 0}}, "gives limit 'license:matlab' 0 slots"),
         ({"limits": {"": 1}}, "invalid limit name ''"),
-        ({"limits": {"a{b}": 1}}, "invalid limit name 'a{b}' (non-empty; braces only in {hostname})"),
+        ({"limits": {"a{b}": 1}}, "limits name 'a{b}' names {b}, which is not a parameter of the task"),
+        ({"limits": {"a{x": 1}}, "invalid limit name 'a{x'"),
+        ({"limits": {"a{0}": 1}}, "invalid limit name 'a{0}'"),
+        ({"rates": {"api": "10/q"}}, "gives 'api' a bad rate"),
+        ({"rates": {"api": "0/s"}}, "gives 'api' a bad rate"),
+        ({"rates": {"api:{y}": "1/s"}}, "rates name 'api:{y}' names {y}, which is not a parameter"),
+        ({"cluster_max_in_flight": {"{x}": 0}}, "cluster_max_in_flight={'{x}': 0} must be an integer >= 1"),
+        ({"cluster_max_in_flight": {"plain": 2}}, "or one keyed name -> size"),
     ],
 )
 def test_bad_declaration_names_task_option_and_value(app: TaskPool, options: dict, fragment: str) -> None:
@@ -59,9 +66,18 @@ def test_bad_declaration_names_task_option_and_value(app: TaskPool, options: dic
     assert "opts.job" not in app.tasks  # nothing half-registered
 
 
-def test_limits_with_rate_limit_are_refused(app: TaskPool) -> None:
-    with pytest.raises(ConfigurationError, match="rate_limit='1/s' cannot be combined with max_in_flight"):
-        declare(app, max_in_flight=2, rate_limit="1/s")
+def test_limits_with_rate_limit_are_accepted(app: TaskPool) -> None:
+    task = declare(app, max_in_flight=2, rate_limit="1/s")  # Celery's per-worker bucket, then the gate
+    assert task.rate_limit == "1/s" and task.taskpool.has_limits
+
+
+def test_keyed_limits_and_rates_are_recorded(app: TaskPool) -> None:
+    task = declare(
+        app, limits={"tenant:{x}": 5}, cluster_max_in_flight={"{x}": 3}, rates={"api:{x}": "600/m"}
+    )
+    opts = task.taskpool
+    assert opts.limits == {"tenant:{x}": 5} and opts.rates == {"api:{x}": "600/m"}
+    assert (opts.cluster_max_in_flight, opts.cluster_key) == (3, "{x}") and opts.has_limits
 
 
 def test_limit_declarations_are_recorded(app: TaskPool) -> None:

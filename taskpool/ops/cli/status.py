@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from taskpool.core import names
+from taskpool.core import keys, names
 from taskpool.core.settings import POOLS, env_app_path
 from taskpool.ops.cli.common import app_option, console, id_column, load_app, safe, show
 from taskpool.ops.cli.limits import dead_holder
@@ -93,6 +93,7 @@ def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> 
             by = ", ".join(nodes) if nodes else ("[red]no worker[/]" if depth else "-")
             queues.add_row(name, str(depth), by)
     show(queues)
+    _show_waiting(rows, orphans)
     for name, depth, pool, gpu in orphans:
         need = f"a {pool} worker with GPU slots (TASKPOOL_GPUS >= 1)" if gpu else f"a {pool} worker"
         console.print(
@@ -111,6 +112,8 @@ def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> 
         held = holders_of(app.redis, name, app.settings.keyspace)
         kind, rest = names.kind_of(name)
         size = sizes.get(rest) if kind == names.LIMIT else None
+        if kind == names.LIMIT and size is None:
+            size = _declared_size(app, rest)  # a keyed limit's key, sized by its declaration
         sems.add_row(name, str(size or ""), str(len(held)), ", ".join(sorted({h.owner for h in held})))
     for limit, size in sorted(sizes.items()):
         if names.limit_semaphore(limit) not in in_redis:
@@ -172,6 +175,38 @@ def status_document(app: Any, timeout: float) -> dict[str, Any]:
         "semaphores": semaphores,
         "dead_letters": app.dead_letters.count(),
     }
+
+
+def _show_waiting(rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]], orphans: list[Any]) -> None:
+    """Requests the workers' admission gates hold, per task and reason (``taskpool.waits``), and
+    the messages of queues no live worker consumes."""
+    waiting = Table(id_column("task"), "waiting for", "count", "oldest wait", id_column("worker"))
+    waiting.title = "waiting"
+    entries = [(w, node) for _, node, tp, _ in rows for w in tp.get("waits") or ()]
+    for w, node in sorted(entries, key=lambda e: (-float(e[0].get("oldest_wait", 0)), e[1])):
+        waiting.add_row(
+            str(w.get("task", "")),
+            str(w.get("reason", "")),
+            str(w.get("count", "")),
+            f"{float(w.get('oldest_wait', 0)):.1f} s",
+            node,
+        )
+    for name, depth, _pool, _gpu in orphans:
+        waiting.add_row("*", f"no worker consumes {name}", str(depth), "", "-")
+    if entries or orphans:
+        show(waiting)
+    else:
+        console.print("waiting: none")
+
+
+def _declared_size(app: Any, limit: str) -> int | None:
+    """The size a keyed limit name (``tenant:{tenant_id}``) of a task declares for ``limit``."""
+    for task in list(app.tasks.values()):
+        options = getattr(task, "taskpool", None)
+        for template, size in (getattr(options, "limits", None) or {}).items():
+            if keys.is_keyed(template) and keys.matches(template, limit, names.machine_name()):
+                return int(size)
+    return None
 
 
 def _holding(tp: dict[str, Any]) -> str:

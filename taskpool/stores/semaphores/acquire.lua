@@ -30,6 +30,7 @@ if raw then
   local info = cjson.decode(raw)
   local expires_at_ms = now + ttl_ms
   redis.call('ZADD', LEASES, expires_at_ms, token)
+  expire_when_idle()
   wake(to_wake, capacity)
   return {1, info.slots, info.fence, expires_at_ms}
 end
@@ -64,11 +65,18 @@ for slot = 0, capacity - 1 do
   end
 end
 
+if redis.call('EXISTS', FENCE) == 0 then
+  -- A new (or expired, see expire_when_idle) counter starts from the clock, in milliseconds:
+  -- above every fence it gave before it expired, unless it averaged over one grant a millisecond
+  -- (and small enough for cjson's 14 digits in the info record).
+  redis.call('SET', FENCE, string.format('%.0f', now))
+end
 local fence = redis.call('INCR', FENCE)
 local expires_at_ms = now + ttl_ms
 redis.call('ZADD', LEASES, expires_at_ms, token)
 redis.call('HSET', INFO, token, cjson.encode({
   slots = slots, owner = owner, task_id = task_id, since_ms = now, fence = fence,
 }))
+expire_when_idle()
 wake(to_wake, capacity)
 return {1, slots, fence, expires_at_ms}

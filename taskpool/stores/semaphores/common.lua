@@ -64,3 +64,17 @@ local function wake(freed, capacity)
     redis.call('PEXPIRE', WAKE, WAKE_TTL_MS)
   end
 end
+
+-- A semaphore costs nothing once idle: its keys expire IDLE_MS after its last lease does (a
+-- keyed limit makes one semaphore per key). Call after a grant or a renewal. The fence counter
+-- expires with them; acquire.lua starts a new one from the clock, so fences keep increasing.
+local IDLE_MS = 60000
+local function expire_when_idle()
+  local last = redis.call('ZRANGE', LEASES, -1, -1, 'WITHSCORES')
+  if last[2] then
+    local at = tonumber(last[2]) + IDLE_MS
+    for _, key in ipairs({HOLDERS, LEASES, INFO, FENCE}) do
+      redis.call('PEXPIREAT', key, at)
+    end
+  end
+end

@@ -24,4 +24,5 @@ if tonumber(score) <= now then
 end
 local expires_at_ms = now + ttl_ms
 redis.call('ZADD', LEASES, 'XX', expires_at_ms, token)
+expire_when_idle()
 return expires_at_ms

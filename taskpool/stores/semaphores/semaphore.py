@@ -213,6 +213,12 @@ class Semaphore:
         result = self._attempt(owner, count, task_id, uuid.uuid4().hex)
         return result if isinstance(result, Lease) else None
 
+    def try_acquire_or_free(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | int:
+        """Like :meth:`try_acquire`, but a refusal returns how many slots are free (wait reasons)."""
+        self._check_count(count)
+        result = self._attempt(owner, count, task_id, uuid.uuid4().hex)
+        return result if isinstance(result, Lease) else result.free
+
     def acquire(
         self, owner: str, count: int = 1, timeout: float | None = None, task_id: str | None = None
     ) -> Lease:
