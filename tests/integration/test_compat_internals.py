@@ -465,6 +465,53 @@ def test_reconnect_failure_hook() -> None:
 
 
 # -- every compat function is checked -------------------------------------------------------
+def test_rate_limit_handlers() -> None:
+    """Celery's strategy hands a rate-limited request to ``consumer._limit_task`` (an ETA one to
+    ``_limit_post_eta``); the handlers replace those two with the same bucket steps, ending in
+    taskpool's gate instead of the pool."""
+    fn = "celery.rate_limit_handlers"
+    from celery.worker import strategy as celery_strategy
+    from kombu.utils.limits import TokenBucket
+
+    strategy_source = inspect.getsource(celery_strategy.default)
+    assert "_limit_task" in strategy_source and "_limit_post_eta" in strategy_source, update(fn)
+    for name in ("_limit_task", "_limit_post_eta"):
+        params = list(inspect.signature(getattr(Consumer, name)).parameters)
+        assert params == ["self", "request", "bucket", "tokens"], update(fn)
+    schedule_source = inspect.getsource(Consumer._schedule_bucket_request)
+    for part in ("bucket.contents.appendleft", "_limit_order", "timer.call_after", "expected_time"):
+        assert part in schedule_source, update(fn)
+
+    from celery.worker import state as worker_state
+
+    class Req:  # hashable with an id, as Celery's requests are
+        def __init__(self, id: str) -> None:
+            self.id = id
+
+    first, second = Req("first"), Req("second")
+    admitted: list[Req] = []
+    timers: list[float] = []
+    decremented: list[bool] = []
+    consumer = SimpleNamespace(
+        _limit_order=0,
+        timer=SimpleNamespace(call_after=lambda secs, *a, **kw: timers.append(secs)),
+        qos=SimpleNamespace(decrement_eventually=lambda: decremented.append(True)),
+    )
+    handlers = compat_celery.rate_limit_handlers(consumer, admitted.append)
+    assert set(handlers) == {"_limit_task", "_limit_post_eta"}
+    bucket = TokenBucket(1, capacity=1)
+    try:
+        handlers["_limit_task"](first, bucket, 1)  # a token is there: straight on, reserved
+        handlers["_limit_post_eta"](second, bucket, 1)  # none left: waits on the timer, in order
+        assert admitted == [first]
+        assert first in worker_state.reserved_requests
+        assert len(timers) == 1 and timers[0] > 0
+        assert decremented == [True]
+        assert [request for request, _ in bucket.contents] == [second]
+    finally:
+        worker_state.task_ready(first)  # type: ignore[arg-type]
+
+
 def test_every_compat_function_has_a_check() -> None:
     """A new function in taskpool/compat/ comes with a check of its internal, here or in
     in test_compat_autoscale.py (the autoscaler's probes)."""
