@@ -145,7 +145,7 @@ def fleet_worker_key(keyspace: str, node: str) -> str:
 
 
 #: The keys of one semaphore, by the part of its state each holds.
-SEMAPHORE_PARTS = ("holders", "leases", "info", "fence", "wake")
+SEMAPHORE_PARTS = ("holders", "leases", "info", "fence", "wake", "queue", "wants", "due")
 
 
 def semaphore_key(name: str, part: str, keyspace: str) -> str:

@@ -51,7 +51,7 @@ from taskpool.stores.semaphores import Lease
 from taskpool.worker import state
 from taskpool.worker.holdings import Holdings, granted
 from taskpool.worker.placement import Placement, bound, is_surplus, room_for, surplus_flags
-from taskpool.worker.waits import Wait, WaitTimes, summary
+from taskpool.worker.waits import RATE, Wait, WaitTimes, summary
 
 logger = logging.getLogger("taskpool.admission")
 
@@ -257,6 +257,8 @@ class Gate:
         if wait is None:
             self._dispatch(request)
             return
+        if ahead and wait.kind != RATE and needs:
+            self._join(request, needs)
         if self._offer_at_receipt(request, needs):
             return
         self._look_again_at(wait)
@@ -283,6 +285,15 @@ class Gate:
         leases, gpus = granted(needs, held)
         state.set_granted(request, leases, gpus)
         return None
+
+    def _join(self, request: Any, needs: list[Need]) -> None:
+        """A request that waits behind an earlier one of this worker takes its places in line
+        at once (arrival order holds across workers, see :meth:`Holdings.take`)."""
+        try:
+            self.holdings.join(state.admission_key(request), needs)
+        except redis.RedisError:
+            logger.warning("taskpool: could not queue %s[%s]; it queues at its first try", request.name,
+                           request.id, exc_info=True)  # fmt: skip
 
     def _key_of_task(self, task_id: str | None) -> str | None:
         """The admission key of the one held delivery of ``task_id`` (``None`` if not just one)."""
@@ -453,6 +464,10 @@ class Gate:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
+            try:
+                self.holdings.refresh_queued()  # keeps the waiting requests' places in line
+            except redis.RedisError:
+                logger.debug("taskpool: could not refresh places in line; retrying", exc_info=True)
             if self._hub is not None:
                 # The event loop admits (one thread takes the slots and dispatches, no hand-off);
                 # this thread only turns wake-ups from elsewhere into admission rounds.
@@ -517,6 +532,7 @@ class Gate:
         if not done:
             return False
         task_ready(request)  # no longer reserved by this worker (Celery's bookkeeping)
+        self.holdings.leave(state.admission_key(request))
         self.stats["handed_back"] += 1
         logger.debug("taskpool: %s[%s] handed back for a worker with room", request.name, request.id)
         return True
@@ -649,6 +665,7 @@ class Gate:
             self._handing.clear()
             self._held_extra = 0  # lent on the old channel's QoS; the new connection has its own
         for request in dropped:
+            self.holdings.leave(state.admission_key(request))
             self.release(state.admission_key(request))
         if dropped:
             self.stats["dropped_at_reconnect"] = self.stats.get("dropped_at_reconnect", 0) + len(dropped)
@@ -689,6 +706,10 @@ class Gate:
         self._stopping.set()
         self._wake.set()
         self.holdings.stop()
+        with self._lock:
+            waiting = [w.request for w in self._waiting]
+        for request in waiting:
+            self.holdings.leave(state.admission_key(request))
         for key in self.holdings.delivery_keys():
             self.release(key)
         if self.board is not None:

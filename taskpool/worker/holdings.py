@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -22,6 +24,7 @@ from taskpool.core.rates import RateNeed
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.rates import RateRefusal, Rates
 from taskpool.stores.semaphores import Lease, LeaseKeeper, LeaseLost, Semaphore
+from taskpool.stores.semaphores.semaphore import QUEUE_TTL
 from taskpool.worker.waits import Wait, rate_wait, semaphore_wait
 
 logger = logging.getLogger("taskpool.admission")
@@ -32,6 +35,15 @@ LIMIT_SIZE_TTL = 2.0
 MAX_CACHED_SEMAPHORES = 10_000
 
 Held = list[tuple[Semaphore, Lease]]
+
+
+@dataclass
+class Queued:
+    """Where a waiting delivery has its places in line: one arrival time (Redis ms) for all of
+    its semaphores, so the oldest request is first everywhere it waits."""
+
+    arrival_ms: int
+    semaphores: dict[str, Semaphore] = field(default_factory=dict)
 
 
 class Holdings:
@@ -72,6 +84,8 @@ class Holdings:
         self.rate_times: dict[str, float] = {}  # admission key -> when its rate tokens were granted
         self._semaphores: dict[str, Semaphore] = {}
         self._held: dict[str, Held] = {}  # admission key -> leases
+        self._queued: dict[str, Queued] = {}  # admission key -> its places in line (it waits)
+        self._next_refresh = 0.0
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -118,32 +132,99 @@ class Holdings:
             sem.set_capacity(need.capacity)
         return sem
 
+    def waiter(self, key: str) -> str:
+        """The name of delivery ``key`` in the semaphores' queues (``owner|key``)."""
+        return f"{self.owner}|{key}"
+
     def take(
         self, key: str, task_id: str, needs: list[Need], rates: list[RateNeed] | None = None
     ) -> Held | Wait:
         """Take every need and a token of every rate for the delivery ``key``, or none (partial
-        grants are given back, rate tokens refunded); a refusal says what the request waits for."""
+        grants are given back, rate tokens refunded); a refusal says what the request waits for.
+
+        A semaphore that refuses the delivery queues it (its arrival is kept for every later try
+        and every semaphore), so the slots it wants are left to it; once it holds them all it
+        leaves every queue it was in.
+        """
         rates = rates or []
         refused = self.rates.take(rates)
         if isinstance(refused, RateRefusal):
             return rate_wait(refused.blocking.name, refused.wait)
+        with self._lock:
+            queued = self._queued.get(key)
+        waiter = self.waiter(key)
         got: Held = []
         for need in needs:
             sem = self.semaphore(need)
-            lease = sem.try_acquire_or_free(self.owner, need.count, task_id=task_id)
-            if not isinstance(lease, Lease):
+            result = sem.attempt(
+                self.owner,
+                need.count,
+                task_id,
+                uuid.uuid4().hex,
+                waiter=waiter,
+                arrival_ms=queued.arrival_ms if queued else 0,
+                leave_on_grant=False,
+            )
+            if not isinstance(result, Lease):
                 for s, lease_ in got:
                     s.release(lease_)
                 self.rates.refund(rates)
-                return semaphore_wait(need, lease)
-            got.append((sem, lease))
+                with self._lock:
+                    queued = self._queued.setdefault(key, Queued(result.arrival_ms))
+                    queued.semaphores[sem.name] = sem
+                return semaphore_wait(need, result.free)
+            got.append((sem, result))
         for sem, lease in got:
             self.keeper.add(sem, lease)
         with self._lock:
             self._held[key] = got
         if isinstance(refused, float):
             self.rate_times[key] = refused
+        if queued is not None:
+            self.leave(key)
         return got
+
+    def join(self, key: str, needs: list[Need]) -> None:
+        """Queue the delivery ``key`` at every semaphore of ``needs`` without trying them (it
+        waits behind an earlier request of this worker for the same slots)."""
+        with self._lock:
+            queued = self._queued.get(key)
+        waiter = self.waiter(key)
+        for need in needs:
+            sem = self.semaphore(need)
+            arrival = sem.join(waiter, need.count, queued.arrival_ms if queued else 0)
+            with self._lock:
+                queued = self._queued.setdefault(key, Queued(arrival))
+                queued.semaphores[sem.name] = sem
+
+    def leave(self, key: str) -> None:
+        """The delivery ``key`` no longer waits (admitted, handed back, dropped): it leaves the
+        queues it was in. A place Redis could not forget now expires after :data:`QUEUE_TTL`."""
+        with self._lock:
+            queued = self._queued.pop(key, None)
+        if queued is None:
+            return
+        waiter = self.waiter(key)
+        for sem in queued.semaphores.values():
+            try:
+                sem.leave([waiter])
+            except redis.RedisError:
+                logger.warning("taskpool: could not leave the queue of %s; the place expires", sem.name)
+
+    def refresh_queued(self) -> None:
+        """Keep the places of the waiting deliveries (every third of :data:`QUEUE_TTL`)."""
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + QUEUE_TTL / 3
+        with self._lock:
+            queued = list(self._queued.items())
+        per_semaphore: dict[str, tuple[Semaphore, list[str]]] = {}
+        for key, q in queued:
+            for name, sem in q.semaphores.items():
+                per_semaphore.setdefault(name, (sem, []))[1].append(self.waiter(key))
+        for sem, waiters in per_semaphore.values():
+            sem.refresh_waiters(waiters)
 
     def give_back(self, key: str) -> bool:
         """Release the leases of ``key``; ``False`` if it held none (already given back)."""

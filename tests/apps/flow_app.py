@@ -74,3 +74,14 @@ def orphan() -> None:
 @app.task(pool="gevent", rates={"flow:gevent": "20/s"}, limits={"tenant:{tenant_id}": 3}, bind=True)
 def rated_gevent(self: Any, tenant_id: str, key: str) -> dict[str, Any]:
     return record(self, key, 0.0)
+
+
+@app.task(pool="threads", limits={"flow:shared": 3}, bind=True)
+def wide(self: Any, key: str, seconds: float) -> dict[str, Any]:
+    """Takes all three slots of the limit ``flow:shared`` (fairness among waiters)."""
+    return record(self, key, seconds, kind="wide")
+
+
+@app.task(pool="threads", limits={"flow:shared": 1}, bind=True)
+def narrow(self: Any, key: str, seconds: float, n: int) -> dict[str, Any]:
+    return record(self, key, seconds, kind="narrow", n=n)

@@ -22,6 +22,7 @@ import pytest
 
 from taskpool.core.errors import ConfigurationError
 from taskpool.stores.queues import queue_depth
+from taskpool.stores.semaphores import Semaphore, holders_of
 from tests.conftest import Worker, taskpool_cli, wait_for
 
 
@@ -77,6 +78,37 @@ def test_a_keyed_limit_holds_per_key_while_other_keys_run(flow: Any, start_worke
     assert most_at_once(by_tenant["beta"]) == 2
     assert most_at_once(by_tenant["big"]) == 3
     assert most_at_once(entries) >= 5  # the keys ran side by side: one key's backlog held no other
+
+
+def test_a_task_wanting_several_slots_is_not_passed_by_later_smaller_ones(
+    flow: Any, start_worker: Any
+) -> None:
+    # `wide` takes all 3 slots of flow:shared, `narrow` one. Three narrow runs hold the slots and
+    # end one by one; every narrow run sent after `wide` lined up waits for it, on both workers.
+    done = taskpool_cli("tests.apps.flow_app", "limits", "set", "flow:shared", "3")
+    assert done.returncode == 0, done.stderr
+    start_worker("f1", 4)
+    start_worker("f2", 4)
+    sem = Semaphore(flow.app.redis, "limit:flow:shared", 3, keyspace="flow")
+    key = f"fair-{os.urandom(3).hex()}"
+    first = [flow.narrow.delay(key, seconds, -1) for seconds in (0.6, 1.2, 1.8)]
+    wait_for(lambda: len(holders_of(flow.app.redis, sem.name, "flow")) == 3, what="3 narrow runs")
+    wide = flow.wide.delay(key, 0.3)
+    wait_for(lambda: [n for _, n, _ in sem.waiters()] == [3], what="wide in line for 3 slots")
+    later = [flow.narrow.delay(key, 0.3, i) for i in range(8)]
+    for r in [*first, wide, *later]:
+        r.get(timeout=60)
+    entries = records(flow, key, 12)
+    (wide_run,) = [e for e in entries if e["kind"] == "wide"]
+    after = [e for e in entries if e["kind"] == "narrow" and e["n"] >= 0]
+    assert len(after) == 8
+    assert min(e["start"] for e in after) >= wide_run["end"] - 0.05  # none passed it (clock: ms)
+    slots = [e["start"] for e in entries]
+    in_use = [
+        sum(3 if e["kind"] == "wide" else 1 for e in entries if e["start"] <= t < e["end"]) for t in slots
+    ]
+    assert max(in_use) <= 3
+    assert sem.waiters() == []
 
 
 def test_a_missing_key_parameter_is_an_error_at_delay(flow: Any) -> None:

@@ -16,6 +16,7 @@ import redis
 from taskpool.core.errors import ConfigurationError, TaskpoolError
 from taskpool.ops.embedded import RedisServer
 from taskpool.stores.semaphores import Lease, LeaseKeeper, LeaseLost, Semaphore, SlotTimeout
+from taskpool.stores.semaphores.semaphore import Refusal
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -220,21 +221,89 @@ def test_release_owner_wakes_waiters(make_sem: SemFactory, pool: ThreadPoolExecu
     assert sorted(lease.slots for lease in leases) == [(0,), (1,)]
 
 
-def test_a_waiter_for_more_slots_hands_its_wake_up_on(make_sem: SemFactory, pool: ThreadPoolExecutor) -> None:
-    sem = make_sem(capacity=2, ttl=20.0, poll_interval=10.0)
+def test_a_waiter_for_more_slots_is_not_passed_by_later_smaller_ones(
+    make_sem: SemFactory, pool: ThreadPoolExecutor
+) -> None:
+    sem = make_sem(capacity=2, ttl=20.0, poll_interval=0.05)
     first, second = sem.acquire("a"), sem.acquire("a")
-    wants_two = pool.submit(sem.acquire, "w2", 2, 8.0)
-    time.sleep(0.2)  # blocked first, so Redis hands the first wake-up to it
-    wants_one = pool.submit(sem.acquire, "w1", 1, 5.0)
-    time.sleep(0.2)
-    released_at = time.monotonic()
-    sem.release(first)  # one free slot: useless to wants_two, which must pass the wake-up on
-    one = wants_one.result(timeout=5)
-    assert time.monotonic() - released_at < 0.5
-    assert not wants_two.done()
+    wants_two = pool.submit(sem.acquire, "w2", 2, 10.0)
+    wait_for(lambda: [w[1] for w in sem.waiters()] == [2], what="the two-slot waiter in line")
+    wants_one = pool.submit(sem.acquire, "w1", 1, 10.0)
+    wait_for(lambda: [w[1] for w in sem.waiters()] == [2, 1], what="the one-slot waiter behind it")
+    sem.release(first)  # one slot free: it is the two-slot waiter's, which came first
+    assert sem.try_acquire("newcomer") is None  # a caller out of line leaves it too
+    time.sleep(0.3)  # several polls of both waiters
+    assert not wants_two.done() and not wants_one.done()
     sem.release(second)
-    sem.release(one)
-    assert wants_two.result(timeout=5).slots == (0, 1)
+    two = wants_two.result(timeout=5)
+    assert two.slots == (0, 1)
+    assert not wants_one.done()
+    sem.release(two)
+    assert wants_one.result(timeout=5).count == 1
+    assert sem.waiters() == []
+
+
+def test_waiters_are_served_in_arrival_order(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1, poll_interval=0.05)
+    held = sem.acquire("a")
+    order: list[str] = []
+    with ThreadPoolExecutor(max_workers=6) as executor:
+        futures = []
+        for i in range(6):
+            owner = f"host{i}:1"
+
+            def run(owner: str = owner) -> None:
+                lease = sem.acquire(owner, timeout=20)
+                order.append(owner)
+                time.sleep(0.02)
+                sem.release(lease)
+
+            futures.append(executor.submit(run))
+            wait_for(lambda n=i + 1: len(sem.waiters()) == n, what=f"waiter {i} in line")
+        sem.release(held)
+        for f in futures:
+            f.result(timeout=20)
+    assert order == [f"host{i}:1" for i in range(6)]
+
+
+def test_a_place_in_line_expires_unless_refreshed(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=2, queue_ttl=0.5)
+    sem.acquire("a")
+    assert sem.join("gone:1|d1", 2) > 0  # a waiter for both slots, whose worker then died
+    kept = sem.join("alive:1|d2", 1)
+    assert sem.try_acquire("b") is None  # the free slot is the first waiter's
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and [w[0] for w in sem.waiters()] != ["alive:1|d2"]:
+        assert sem.refresh_waiters(["alive:1|d2"]) == 1
+        sem.try_acquire_or_free("probe")  # any script call forgets expired places
+        time.sleep(0.1)
+    assert [(w, n) for w, n, _ in sem.waiters()] == [("alive:1|d2", 1)]
+    assert sem.join("alive:1|d2", 1) == kept  # its place, not a new one
+    lease = sem.attempt("alive:1", 1, None, "tok", waiter="alive:1|d2")
+    assert not isinstance(lease, Refusal)
+    assert sem.waiters() == []
+
+
+def test_release_owner_forgets_the_owners_places(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=1)
+    sem.acquire("a")
+    sem.join("host-a:7|d1", 1)
+    sem.join("host-b:7|d2", 1)
+    sem.release_owner("host-a:", prefix=True)
+    assert [w for w, _, _ in sem.waiters()] == ["host-b:7|d2"]
+    assert sem.leave(["host-b:7|d2"]) == 1
+    assert sem.waiters() == []
+
+
+def test_a_refused_waiter_keeps_its_arrival_on_every_semaphore(make_sem: SemFactory) -> None:
+    a, b = make_sem(capacity=1), make_sem(capacity=1)
+    a.acquire("x")
+    refused = a.attempt("w:1", 1, None, "t1", waiter="w:1|d", leave_on_grant=False)
+    assert isinstance(refused, Refusal) and refused.arrival_ms > 0
+    b.acquire("x")
+    again = b.attempt("w:1", 1, None, "t2", waiter="w:1|d", arrival_ms=refused.arrival_ms)
+    assert isinstance(again, Refusal) and again.arrival_ms == refused.arrival_ms
+    assert [w[2] for w in a.waiters()] == [w[2] for w in b.waiters()] == [refused.arrival_ms / 1000]
 
 
 def test_slot_timeout_names_semaphore_count_and_timeout(make_sem: SemFactory) -> None:
@@ -292,8 +361,8 @@ def test_smaller_capacity_evicts_no_one_and_blocks_new_grants(make_sem: SemFacto
 
 def test_retrying_an_acquire_with_its_token_is_idempotent(make_sem: SemFactory) -> None:
     sem = make_sem(capacity=2)
-    first = sem._attempt("a", 1, None, "fixed-token")  # what a retry after a lost reply sends
-    again = sem._attempt("a", 1, None, "fixed-token")
+    first = sem.attempt("a", 1, None, "fixed-token")  # what a retry after a lost reply sends
+    again = sem.attempt("a", 1, None, "fixed-token")
     assert isinstance(first, Lease)
     assert isinstance(again, Lease)
     assert (again.slots, again.fence) == (first.slots, first.fence)

@@ -21,6 +21,7 @@ from taskpool.core.errors import ConfigurationError
 from taskpool.core.limits import Need
 from taskpool.core.names import LEASES_KEY
 from taskpool.stores.semaphores import Lease
+from taskpool.stores.semaphores.semaphore import Refusal
 from taskpool.worker import state
 from taskpool.worker.admission import AdmissionStep, _delivery_tags, waiting_count_of
 from taskpool.worker.batcher import Batcher, BatchRequest
@@ -58,6 +59,19 @@ class FakeSemaphore:
     def try_acquire_or_free(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | int:
         lease = self.try_acquire(owner, count, task_id)
         return lease if lease is not None else self.free()
+
+    def attempt(
+        self, owner: str, count: int, task_id: str | None, token: str, **queue: Any
+    ) -> Lease | Refusal:
+        """The gate's try (this fake keeps no queue of waiters: test_semaphores covers that)."""
+        lease = self.try_acquire(owner, count, task_id)
+        return lease if lease is not None else Refusal(None, self.free(), 1)
+
+    def join(self, waiter: str, count: int, arrival_ms: int = 0) -> int:
+        return arrival_ms or 1
+
+    def leave(self, waiters: list[str]) -> int:
+        return 0
 
     def release(self, lease: Lease, *, missing_ok: bool = False) -> bool:
         return self.holders.pop(lease.token, None) is not None

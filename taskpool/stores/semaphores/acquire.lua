@@ -1,7 +1,7 @@
 -- acquire.lua: grant `count` slots of a semaphore to `token`, or say how long to wait.
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
--- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] token       unique per lease (client-generated; retrying with it is idempotent)
 -- ARGV[2] owner       who holds it, e.g. "host:pid"; release_owner.lua matches on it
 -- ARGV[3] task_id     free text shown by `taskpool slots`; "" for none
@@ -12,17 +12,40 @@
 -- ARGV[7] pass_wake   "1" when the caller was woken by a wake element: if it is refused while
 --                     some slots are free (it wants more), the element goes back on the list
 --                     for a waiter that wants fewer; "0" otherwise
+-- ARGV[8] waiter      the caller's name in the queue of waiters, or "" for a caller that
+--                     does not wait in line (it still lets every queued waiter go first)
+-- ARGV[9] arrival_ms  when the caller started waiting ("0": now, if it has no place yet);
+--                     a waiter whose place was forgotten gets it back with this time
+-- ARGV[10] queue_ttl_ms  how long a refused waiter's place lasts unless refreshed
+-- ARGV[11] leave      "1": a grant ends the waiter's wait (it forgets its place); "0": the
+--                     caller forgets it itself (a request that needs several semaphores keeps
+--                     its places until it holds them all)
 --
+-- A grant needs count free slots beyond those wanted by the waiters queued before the caller.
 -- Returns {1, {slot, ...}, fence, expires_at_ms} when granted: the lowest free slot indices,
 --         the fencing token (increases with every grant) and the lease expiry (server ms).
---      or {0, retry_ms, free}: retry_ms until the nearest lease expires (-1 when none),
---         free = slots free now (fewer than count).
+--      or {0, retry_ms, free, arrival_ms}: retry_ms until the nearest lease expires (-1 when
+--         none), free = slots free to this caller (free now, less those wanted by waiters
+--         before it; fewer than count), arrival_ms = its place in the queue (0 without waiter).
 
 local token, owner, task_id = ARGV[1], ARGV[2], ARGV[3]
 local count, capacity, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local pass_wake = ARGV[7] == '1'
+local waiter, arrival = ARGV[8] or '', tonumber(ARGV[9] or '0') or 0
+local queue_ttl_ms, leave_on_grant = tonumber(ARGV[10] or '0') or 0, ARGV[11] ~= '0'
 local now = now_ms()
 local to_wake = expire_leases(now) -- one wake element per slot freed here
+expire_waiters(now)
+if waiter ~= '' then
+  local placed = redis.call('ZSCORE', QUEUE, waiter)
+  if placed then
+    arrival = tonumber(placed)
+  elseif arrival <= 0 then
+    arrival = now
+  end
+else
+  arrival = now + 1 -- after every queued waiter
+end
 
 -- The same token again (a client retrying after a lost reply): extend and return the grant.
 local raw = redis.call('HGET', INFO, token)
@@ -32,11 +55,15 @@ if raw then
   redis.call('ZADD', LEASES, expires_at_ms, token)
   expire_when_idle()
   wake(to_wake, capacity)
+  if waiter ~= '' and leave_on_grant then
+    leave(waiter)
+  end
   return {1, info.slots, info.fence, expires_at_ms}
 end
 
 local held = redis.call('HLEN', HOLDERS)
-if held + count > capacity then
+local ahead = wanted_ahead(waiter, arrival)
+if held + ahead + count > capacity then
   if pass_wake and held < capacity then
     to_wake = to_wake + 1
   end
@@ -46,7 +73,12 @@ if held + count > capacity then
   if nearest[2] then
     retry_ms = math.max(tonumber(nearest[2]) - now, 1)
   end
-  return {0, retry_ms, math.max(capacity - held, 0)}
+  local placed = 0
+  if waiter ~= '' then
+    join(waiter, count, arrival, queue_ttl_ms, now)
+    placed = arrival
+  end
+  return {0, retry_ms, math.max(capacity - held - ahead, 0), string.format('%.0f', placed)}
 end
 
 -- held + count <= capacity, so [0, capacity) has at least `count` free indices.
@@ -79,4 +111,7 @@ redis.call('HSET', INFO, token, cjson.encode({
 }))
 expire_when_idle()
 wake(to_wake, capacity)
+if waiter ~= '' and leave_on_grant then
+  leave(waiter)
+end
 return {1, slots, fence, expires_at_ms}

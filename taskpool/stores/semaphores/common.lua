@@ -7,10 +7,14 @@
 --   KEYS[3] <ks>:sem:{NAME}:info     hash    token -> JSON {slots, owner, task_id, since_ms, fence}
 --   KEYS[4] <ks>:sem:{NAME}:fence    string  counter, INCR once per grant (the fencing token)
 --   KEYS[5] <ks>:sem:{NAME}:wake     list    about one element per free slot; waiters BLPOP it
+--   KEYS[6] <ks>:sem:{NAME}:queue    zset    waiter -> arrival_ms: who waits, in arrival order
+--   KEYS[7] <ks>:sem:{NAME}:wants    hash    waiter -> slots it waits for
+--   KEYS[8] <ks>:sem:{NAME}:due      zset    waiter -> ms after which its place is forgotten
 -- Free slots are derived from holders, never stored. A lease whose expires_at_ms <= now is lost,
 -- whether or not a script has reaped it yet.
 
 local HOLDERS, LEASES, INFO, FENCE, WAKE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local QUEUE, WANTS, DUE = KEYS[6], KEYS[7], KEYS[8]
 local WAKE_TTL_MS = 60000 -- an idle semaphore's stale wake elements disappear after a minute
 
 -- Redis server time in ms (scripts are replicated by effects, so TIME is allowed).
@@ -75,6 +79,56 @@ local function expire_when_idle()
     local at = tonumber(last[2]) + IDLE_MS
     for _, key in ipairs({HOLDERS, LEASES, INFO, FENCE}) do
       redis.call('PEXPIREAT', key, at)
+    end
+  end
+end
+
+-- Waiters (fairness). A waiter is a name ("owner|delivery"), queued with its arrival time (one
+-- time per request, the same in every semaphore it waits for) and the slots it wants. A grant
+-- leaves the slots wanted by the waiters queued before the caller to them, so a waiter that
+-- wants several slots is not passed by smaller ones that came later, on any worker, and the
+-- oldest request of all is first in line everywhere it waits (no two requests can block each
+-- other). A waiter's place lasts until its due time; its worker refreshes it while it waits.
+
+-- Forgets `waiter`'s place.
+local function leave(waiter)
+  redis.call('ZREM', QUEUE, waiter)
+  redis.call('HDEL', WANTS, waiter)
+  redis.call('ZREM', DUE, waiter)
+end
+
+-- Forgets the places of waiters whose worker stopped refreshing them.
+local function expire_waiters(now)
+  for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', DUE, '-inf', now)) do
+    leave(waiter)
+  end
+end
+
+-- Slots wanted by the waiters queued before (arrival, waiter): lower arrival, or the same
+-- arrival and a smaller name (the order of the sorted set).
+local function wanted_ahead(waiter, arrival)
+  local ahead = 0
+  local queued = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', string.format('%.0f', arrival), 'WITHSCORES')
+  for i = 1, #queued, 2 do
+    local other = queued[i]
+    if other == waiter then
+      break
+    end
+    if tonumber(queued[i + 1]) < arrival or other < waiter then
+      ahead = ahead + (tonumber(redis.call('HGET', WANTS, other)) or 0)
+    end
+  end
+  return ahead
+end
+
+-- Queues `waiter` (or keeps its place) wanting `count` slots until now + ttl_ms.
+local function join(waiter, count, arrival, ttl_ms, now)
+  redis.call('ZADD', QUEUE, 'NX', string.format('%.0f', arrival), waiter)
+  redis.call('HSET', WANTS, waiter, count)
+  redis.call('ZADD', DUE, string.format('%.0f', now + ttl_ms), waiter)
+  for _, key in ipairs({QUEUE, WANTS, DUE}) do
+    if redis.call('PTTL', key) < ttl_ms then
+      redis.call('PEXPIRE', key, ttl_ms)
     end
   end
 end

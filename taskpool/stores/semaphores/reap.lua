@@ -3,7 +3,7 @@
 -- and leaves them free, not only the next acquire.
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
--- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] capacity    used only to trim the wake list (a reader that does not know it passes a
 --                     large number: the list is then only appended to)
 --

@@ -1,7 +1,7 @@
 -- release.lua: free the slots of `token` and wake as many waiters as slots were freed.
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
--- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] token
 -- ARGV[2] capacity    used only to trim the wake list
 --

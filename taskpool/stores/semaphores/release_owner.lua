@@ -2,12 +2,13 @@
 -- with a prefix, every owner of a worker "host:"), waking as many waiters as slots were freed.
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
--- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] owner       the owner string given to acquire.lua
 -- ARGV[2] match       "exact": owner == ARGV[1]; "prefix": owner starts with ARGV[1]
 -- ARGV[3] capacity    used only to trim the wake list
 --
 -- Returns the number of slots freed (expired but unreaped leases of the owner included).
+-- The owner's waiters ("owner|...") lose their places too.
 
 local owner, match, capacity = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local entries = redis.call('HGETALL', INFO)
@@ -22,6 +23,12 @@ for i = 1, #entries, 2 do
   end
   if hit then
     freed = freed + free_lease(entries[i])
+  end
+end
+for _, waiter in ipairs(redis.call('ZRANGE', QUEUE, 0, -1)) do
+  local who = string.match(waiter, '^(.-)|') or waiter
+  if (match == 'prefix' and string.sub(who, 1, #owner) == owner) or who == owner then
+    leave(waiter)
   end
 end
 wake(freed, capacity)

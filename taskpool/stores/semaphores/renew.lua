@@ -1,7 +1,7 @@
 -- renew.lua: extend the lease of `token` if it still holds it.
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
--- KEYS: holders, leases, info, fence, wake (see common.lua)
+-- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] token
 -- ARGV[2] ttl_ms      new lease length, counted from now
 -- ARGV[3] capacity    used only to trim the wake list

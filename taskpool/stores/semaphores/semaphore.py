@@ -36,6 +36,10 @@ RENEW_LUA = _script("renew.lua")
 RELEASE_LUA = _script("release.lua")
 RELEASE_OWNER_LUA = _script("release_owner.lua")
 REAP_LUA = _script("reap.lua")
+QUEUE_LUA = _script("queue.lua")
+#: Seconds a waiter keeps its place in a semaphore's queue unless its worker refreshes it (a
+#: worker that died stops holding up the waiters behind its own after this long).
+QUEUE_TTL = 10.0
 #: The capacity a reader that does not know it passes to reap.lua (the wake list is not trimmed).
 UNKNOWN_CAPACITY = 2**31 - 1
 
@@ -55,6 +59,9 @@ class SemaphoreKeys:
     info: str
     fence: str
     wake: str
+    queue: str
+    wants: str
+    due: str
 
     @classmethod
     def for_name(cls, name: str, keyspace: str = "taskpool") -> SemaphoreKeys:
@@ -62,7 +69,7 @@ class SemaphoreKeys:
 
     def as_list(self) -> list[str]:
         """In the order the scripts expect them as KEYS."""
-        return [self.holders, self.leases, self.info, self.fence, self.wake]
+        return [self.holders, self.leases, self.info, self.fence, self.wake, self.queue, self.wants, self.due]
 
 
 def semaphore_names(client: redis.Redis, keyspace: str = "taskpool", pattern: str = "*") -> list[str]:
@@ -121,9 +128,12 @@ class HolderInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class _Refusal:
+class Refusal:
+    """Why :meth:`Semaphore.attempt` granted nothing."""
+
     retry_after: float | None  # seconds until the nearest lease expires; None when none is held
-    free: int
+    free: int  # slots free to this caller: free now, less those wanted by waiters queued before it
+    arrival_ms: int  # the caller's place in the queue (Redis ms); 0 when it has none
 
 
 def _holder(slot: Any, token: str, info: dict[str, Any], expires_at: float, *, expired: bool) -> HolderInfo:
@@ -157,6 +167,8 @@ class Semaphore:
         poll_interval: longest a blocked :meth:`acquire` sleeps without a wake-up before it
             tries again: a safety net, since releases wake waiters through the wake list. A
             wait is also capped at half the client's ``socket_timeout``.
+        queue_ttl: seconds a refused waiter keeps its place in line unless it tries again or
+            is refreshed (:meth:`refresh_waiters`); a waiter that vanished holds up no one longer.
     """
 
     def __init__(
@@ -168,6 +180,7 @@ class Semaphore:
         *,
         keyspace: str = "taskpool",
         poll_interval: float = 1.0,
+        queue_ttl: float = QUEUE_TTL,
     ) -> None:
         if not name or "{" in name or "}" in name:
             raise ConfigurationError(f"semaphore name must be non-empty and without braces, got {name!r}")
@@ -181,6 +194,7 @@ class Semaphore:
         self.name = name
         self.ttl = float(ttl)
         self.poll_interval = float(poll_interval)
+        self.queue_ttl = float(queue_ttl)
         self.keys = SemaphoreKeys.for_name(name, keyspace)
         self._capacity = self._checked_capacity(capacity)
         # A BLPOP outliving the socket timeout (redis-py 8 defaults to 5 s) fails, and redis-py's
@@ -191,6 +205,7 @@ class Semaphore:
         self._renew_script = client.register_script(RENEW_LUA)
         self._release_script = client.register_script(RELEASE_LUA)
         self._release_owner_script = client.register_script(RELEASE_OWNER_LUA)
+        self._queue_script = client.register_script(QUEUE_LUA)
 
     def __repr__(self) -> str:
         return f"Semaphore({self.name!r}, capacity={self._capacity}, ttl={self.ttl:g})"
@@ -210,23 +225,24 @@ class Semaphore:
     def try_acquire(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | None:
         """Take ``count`` slots at once if they are free now (one round trip), else ``None``."""
         self._check_count(count)
-        result = self._attempt(owner, count, task_id, uuid.uuid4().hex)
+        result = self.attempt(owner, count, task_id, uuid.uuid4().hex)
         return result if isinstance(result, Lease) else None
 
     def try_acquire_or_free(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | int:
         """Like :meth:`try_acquire`, but a refusal returns how many slots are free (wait reasons)."""
         self._check_count(count)
-        result = self._attempt(owner, count, task_id, uuid.uuid4().hex)
+        result = self.attempt(owner, count, task_id, uuid.uuid4().hex)
         return result if isinstance(result, Lease) else result.free
 
     def acquire(
         self, owner: str, count: int = 1, timeout: float | None = None, task_id: str | None = None
     ) -> Lease:
-        """Take ``count`` slots at once, blocking until they are free.
+        """Take ``count`` slots at once, blocking until they are free, in arrival order.
 
-        A refused attempt waits on the wake list (a release wakes one waiter per freed slot),
-        at most until the nearest lease expiry, the ``poll_interval`` or the deadline, then
-        tries again. An uncontended acquire is one round trip.
+        A refused attempt takes a place in the semaphore's queue of waiters (later callers, on
+        any machine, leave it the slots it wants) and waits on the wake list (a release wakes
+        one waiter per freed slot), at most until the nearest lease expiry, the
+        ``poll_interval`` or the deadline, then tries again. An uncontended acquire is one round trip.
 
         Args:
             owner: who holds the lease, e.g. :func:`default_owner`.
@@ -243,15 +259,19 @@ class Semaphore:
                 f"semaphore {self.name!r}: timeout must be >= 0 s or None, got {timeout!r}"
             )
         token = uuid.uuid4().hex  # one token for every attempt: a retried grant is idempotent
+        waiter, arrival = f"{owner}|{token}", 0  # its place in the queue, kept between attempts
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = passed = False
         while True:
             # A waiter that wants more slots than are free hands the wake-up it used on to one
             # that may want fewer; never twice in a row, so a lone waiter cannot spin on it.
             pass_wake = woken and not passed
-            result = self._attempt(owner, count, task_id, token, pass_wake=pass_wake)
+            result = self.attempt(
+                owner, count, task_id, token, pass_wake=pass_wake, waiter=waiter, arrival_ms=arrival
+            )
             if isinstance(result, Lease):
                 return result
+            arrival = result.arrival_ms
             passed = pass_wake
             wait = self.poll_interval
             if result.retry_after is not None:
@@ -259,10 +279,12 @@ class Semaphore:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self.leave([waiter])
                     raise SlotTimeout(
                         f"semaphore {self.name!r}: {count} of {self._capacity} slot(s) did not come free "
-                        f"within {timeout:g} s ({self._capacity - result.free} held); raise the timeout "
-                        f"or the capacity, or see who holds them with `taskpool slots`"
+                        f"within {timeout:g} s ({self._capacity - result.free} held or wanted by earlier "
+                        f"waiters); raise the timeout or the capacity, or see who holds them with "
+                        f"`taskpool slots`"
                     )
                 wait = min(wait, remaining)
             wait = min(wait, self._max_block)
@@ -358,13 +380,31 @@ class Semaphore:
             result.append(_holder(slot, token, info, expires_at, expired=expires_at <= now))
         return sorted(result, key=lambda h: h.slot)
 
-    def _attempt(
-        self, owner: str, count: int, task_id: str | None, token: str, *, pass_wake: bool = False
-    ) -> Lease | _Refusal:
+    def attempt(
+        self,
+        owner: str,
+        count: int,
+        task_id: str | None,
+        token: str,
+        *,
+        pass_wake: bool = False,
+        waiter: str = "",
+        arrival_ms: int = 0,
+        leave_on_grant: bool = True,
+    ) -> Lease | Refusal:
+        """One try at ``count`` slots for the lease ``token`` (one round trip).
+
+        Waiters queued before the caller go first: a grant needs ``count`` free slots beyond the
+        ones they want. A refused ``waiter`` (its name, e.g. ``"owner|delivery"``) takes a place
+        in the queue at ``arrival_ms`` (Redis ms; 0 = now), or keeps the one it has, for
+        ``queue_ttl`` seconds unless :meth:`refresh_waiters` extends it; a grant forgets the
+        place when ``leave_on_grant`` (else call :meth:`leave`). ``waiter=""`` takes no place.
+        """
         if not owner:
             raise ConfigurationError(f"semaphore {self.name!r}: acquire needs a non-empty owner")
         args: list[str | int] = [token, owner, task_id or "", count, self._capacity, self._ttl_ms]
-        args.append("1" if pass_wake else "0")
+        args += ["1" if pass_wake else "0", waiter, arrival_ms, self._queue_ttl_ms]
+        args.append("1" if leave_on_grant else "0")
         reply = self._acquire_script(self.keys.as_list(), args)
         if int(reply[0]) == 1:
             _, slots, fence, expires_at_ms = reply
@@ -377,8 +417,39 @@ class Semaphore:
                 expires_at=int(expires_at_ms) / 1000.0,
                 task_id=task_id,
             )
-        _, retry_ms, free = reply
-        return _Refusal(None if int(retry_ms) < 0 else int(retry_ms) / 1000.0, int(free))
+        _, retry_ms, free, arrival = reply
+        return Refusal(None if int(retry_ms) < 0 else int(retry_ms) / 1000.0, int(free), int(arrival))
+
+    @property
+    def _queue_ttl_ms(self) -> int:
+        return max(1, round(self.queue_ttl * 1000))
+
+    def join(self, waiter: str, count: int, arrival_ms: int = 0) -> int:
+        """Take a place in the queue for ``waiter`` wanting ``count`` slots, without asking for
+        them (a request that waits behind another for the same slots); returns its arrival_ms."""
+        args: list[str | int] = ["join", waiter, count, arrival_ms, self._queue_ttl_ms]
+        return int(self._queue_script(self.keys.as_list(), args))
+
+    def refresh_waiters(self, waiters: list[str]) -> int:
+        """Keep the places of ``waiters`` ``queue_ttl`` seconds longer; how many had one."""
+        if not waiters:
+            return 0
+        return int(self._queue_script(self.keys.as_list(), ["refresh", self._queue_ttl_ms, *waiters]))
+
+    def leave(self, waiters: list[str]) -> int:
+        """Forget the places of ``waiters`` (they stopped waiting); how many had one."""
+        if not waiters:
+            return 0
+        return int(self._queue_script(self.keys.as_list(), ["leave", *waiters]))
+
+    def waiters(self) -> list[tuple[str, int, float]]:
+        """``(waiter, slots wanted, arrival)`` in queue order (arrival: Redis epoch seconds)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrange(self.keys.queue, 0, -1, withscores=True)
+        pipe.hgetall(self.keys.wants)
+        queued, wants = pipe.execute()
+        counts = {_text(k): int(v) for k, v in wants.items()}
+        return [(_text(w), counts.get(_text(w), 0), score / 1000.0) for w, score in queued]
 
     def _checked_capacity(self, capacity: int) -> int:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:

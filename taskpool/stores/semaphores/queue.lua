@@ -1,0 +1,48 @@
+-- queue.lua: a waiter's place in the queue of a semaphore, without asking for slots.
+-- Runs after common.lua (key layout, waiters: join, leave, expire_waiters).
+--
+-- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
+-- ARGV[1] "join":    ARGV[2] waiter, ARGV[3] count, ARGV[4] arrival_ms ("0": now), ARGV[5] ttl_ms.
+--                    Takes a place (or keeps the one it has); returns its arrival_ms.
+--         "refresh": ARGV[2] ttl_ms, ARGV[3..] waiters. Each one still queued keeps its place
+--                    ttl_ms longer; returns how many were still queued.
+--         "leave":   ARGV[2..] waiters. Forgets their places; returns how many there were.
+
+local mode = ARGV[1]
+local now = now_ms()
+if mode == 'join' then
+  local waiter, count = ARGV[2], tonumber(ARGV[3])
+  local arrival, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local placed = redis.call('ZSCORE', QUEUE, waiter)
+  if placed then
+    arrival = tonumber(placed)
+  elseif arrival <= 0 then
+    arrival = now
+  end
+  join(waiter, count, arrival, ttl_ms, now)
+  return string.format('%.0f', arrival)
+end
+if mode == 'refresh' then
+  local ttl_ms, kept = tonumber(ARGV[2]), 0
+  local due = string.format('%.0f', now + ttl_ms)
+  for i = 3, #ARGV do
+    if redis.call('ZSCORE', DUE, ARGV[i]) then
+      redis.call('ZADD', DUE, due, ARGV[i])
+      kept = kept + 1
+    end
+  end
+  if kept > 0 then
+    for _, key in ipairs({QUEUE, WANTS, DUE}) do
+      if redis.call('PTTL', key) < ttl_ms then
+        redis.call('PEXPIRE', key, ttl_ms)
+      end
+    end
+  end
+  return kept
+end
+local gone = 0
+for i = 2, #ARGV do
+  gone = gone + redis.call('ZREM', QUEUE, ARGV[i])
+  leave(ARGV[i])
+end
+return gone
