@@ -23,7 +23,7 @@ from taskpool.stores.dead_letters import DeadLetter, DeadLetterStore
 from taskpool.stores.fleet import FleetStore
 from taskpool.stores.peers import PeerBoard
 from taskpool.stores.rates import RateRefusal, Rates
-from taskpool.stores.semaphores import Lease, Semaphore, SemaphoreKeys
+from taskpool.stores.semaphores import Lease, Semaphore, SemaphoreKeys, holders_of, semaphore_names
 from taskpool.worker.holdings import Holdings, wake_keys_for
 from taskpool.worker.waits import Wait
 
@@ -66,8 +66,14 @@ def test_the_cluster_has_three_masters(cluster: Any) -> None:
 def test_semaphores_acquire_and_release_on_every_node(cluster: Any, keyspace: str) -> None:
     tags = [f"t{i}" for i in range(30)]
     chosen = spread(cluster, lambda t: SemaphoreKeys.for_name(sem_name(t), keyspace).wake, tags, 3)
-    for tag in chosen:
-        sem = Semaphore(cluster, sem_name(tag), 2, ttl=30, keyspace=keyspace)
+    sems = [Semaphore(cluster, sem_name(tag), 2, ttl=30, keyspace=keyspace) for tag in chosen]
+    held = [sem.acquire("host:9") for sem in sems]
+    # The readers of `taskpool status` and `taskpool slots` find them on every node.
+    assert semaphore_names(cluster, keyspace) == sorted(sem_name(t) for t in chosen)
+    assert all(len(holders_of(cluster, sem.name, keyspace)) == 1 for sem in sems)
+    for sem, lease in zip(sems, held, strict=True):
+        sem.release(lease)
+    for sem in sems:
         a = sem.acquire("host:1", task_id="a")
         b = sem.try_acquire("host:1", task_id="b")
         assert b is not None and sem.try_acquire("host:1") is None
@@ -128,6 +134,34 @@ def test_rates_across_slots_are_all_or_none(cluster: Any, keyspace: str) -> None
     assert isinstance(rates.take([need_b, need_a]), float)  # both given back at once
 
 
+def test_rates_across_slots_hold_under_contention(cluster: Any, keyspace: str) -> None:
+    """Threads take [a, b] and [b] at once, a and b on two nodes, one token each per hour: b is
+    granted exactly once, a at most once, and a refused [a, b] leaves no token of a taken."""
+    a, b = spread(cluster, lambda n: names.rate_key(n, keyspace), [f"api:{i}" for i in range(30)])
+    hourly = interval_ms("1/h")
+    need_a, need_b = RateNeed(a, hourly, "1/h"), RateNeed(b, hourly, "1/h")
+    requests = [[need_a, need_b], [need_b], [need_b, need_a]] * 6
+    results: list[tuple[list[RateNeed], object]] = []
+    start = threading.Barrier(len(requests))
+
+    def take(needs: list[RateNeed]) -> None:
+        rates = Rates(cluster, keyspace)
+        start.wait(DEADLINE)
+        results.append((needs, rates.take(needs)))
+
+    threads = [threading.Thread(target=take, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert len(results) == len(requests)
+    granted = [needs for needs, out in results if isinstance(out, float)]
+    assert len(granted) == 1  # b's single token
+    a_granted = sum(need_a in needs for needs in granted)
+    assert (cluster.get(names.rate_key(a, keyspace)) is not None) == bool(a_granted)
+    assert isinstance(Rates(cluster, keyspace).take([need_a]), RateRefusal if a_granted else float)
+
+
 def test_one_admission_decision_with_a_keyed_limit_a_cluster_cap_and_rates(
     cluster: Any, keyspace: str
 ) -> None:
@@ -142,6 +176,10 @@ def test_one_admission_decision_with_a_keyed_limit_a_cluster_cap_and_rates(
     fast = [RateNeed(f"api:{i}", interval_ms("1000/s"), "1000/s") for i in range(4)]
     hourly = [RateNeed(f"tenant:{i}", interval_ms("1/h"), "1/h") for i in range(6)]
     assert len({node_of(cluster, names.rate_key(r.name, keyspace)) for r in hourly[:3]}) > 1
+
+    wakes = [SemaphoreKeys.for_name(n.name, keyspace).wake for n in needs]
+    first_slot = key_slot(wakes[0].encode())
+    assert holdings.wake_keys(needs) == sorted(w for w in wakes if key_slot(w.encode()) == first_slot)
 
     held = holdings.take("d1", "id-1", needs, [*fast[:2], *hourly[:3]])
     assert isinstance(held, list) and len(held) == 3
