@@ -20,7 +20,7 @@ import redis
 from taskpool.ops.launcher import Child, Output, launch
 
 if TYPE_CHECKING:
-    from taskpool.ops.embedded import RedisServer
+    from taskpool.ops.embedded import ClusterGroup, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True)
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterGroup]:
+    """A Redis Cluster of three masters of the test session's own (started on first use)."""
+    from taskpool.ops.embedded import ClusterGroup
+
+    with ClusterGroup(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

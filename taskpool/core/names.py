@@ -14,9 +14,15 @@ Redis keys, under the settings' ``keyspace`` (default ``taskpool``):
 - ``<keyspace>:limits``: hash, limit name -> size;
 - ``{<keyspace>:dead}`` and ``{<keyspace>:dead}:by_time``: dead-letter records and their index;
 - ``<keyspace>:sem:{<semaphore>}:<part>``: a semaphore's state (parts: :data:`SEMAPHORE_PARTS`);
+- ``<keyspace>:rate:{<rate>}``: a rate's GCRA state (its own hash tag: a request's rates may span
+  Redis Cluster slots, see :mod:`taskpool.stores.rates`);
 - ``<keyspace>:deliveries:owners``: hash, kombu delivery tag -> the worker holding it;
 - ``{<keyspace>:peers}`` and ``{<keyspace>:peers}:<owner>``: the set of workers with an admission
   gate and each one's short-lived record (queues, room per task), see :func:`peer_keys`.
+
+Redis Cluster: the keys one script call, transaction or multi-key command touches share a hash
+tag (one semaphore, the dead letters, the peers, the fleet), except the delivery leases (kombu's
+``unacked`` keys: the broker, never a Cluster) and the rates of one request (taken per slot).
 
 Queues are kombu's: a queue is one Redis list per priority step (``<queue>`` for step 0,
 ``<queue>\\x06\\x16<step>`` for the others), each behind the transport's ``global_keyprefix``.

@@ -8,6 +8,7 @@ folder of the project's (default ``.taskpool/redis``).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -48,6 +49,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port P <= 55535 whose cluster bus port P + 10000 is free too (Redis Cluster's rule)."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise EmbeddedRedisError("no free port pair for a Redis Cluster node")
 
 
 class RedisServer:
@@ -280,6 +295,89 @@ class SentinelGroup:
         self.sentinels, self.servers = [], []
 
     def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ClusterGroup:
+    """A Redis Cluster of ``nodes`` masters (no replicas) on free ports of 127.0.0.1, for tests of
+    taskpool's state scripts on Cluster (``url`` is a seed node's; :meth:`client` a
+    ``redis.cluster.RedisCluster``). The nodes are joined with ``redis-cli --cluster create``,
+    which must be next to ``redis-server`` or on PATH.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], nodes: int = 3) -> None:
+        if nodes < 3:
+            raise EmbeddedRedisError(f"redis-cli --cluster create needs 3 masters at least, got {nodes}")
+        self.data_dir = Path(data_dir)
+        self.nodes = nodes
+        self.servers: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url if self.servers else ""
+
+    def start(self, timeout: float = 30.0) -> ClusterGroup:
+        try:
+            for i in range(self.nodes):
+                folder = self.data_dir / f"node-{i}"
+                conf = str((folder / "nodes.conf").resolve())  # the node's own state, rewritten by it
+                args = ["--cluster-enabled", "yes", "--cluster-config-file", conf]
+                server = RedisServer(folder, free_cluster_port(), appendonly=False, extra_args=args)
+                self.servers.append(server.start())
+            redis_cli = Path(find_redis_server()).with_name("redis-cli")
+            cli = str(redis_cli) if redis_cli.exists() else shutil.which("redis-cli")
+            if cli is None:
+                raise EmbeddedRedisError("no redis-cli next to redis-server nor on PATH")
+            addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
+            done = subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise EmbeddedRedisError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every node says ``cluster_state:ok``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for server in self.servers:
+                client = redis.Redis(port=server.port, socket_timeout=1, decode_responses=True)
+                try:
+                    info: Any = client.execute_command("CLUSTER INFO")
+                    states.append(str(info.get("cluster_state") if isinstance(info, dict) else info))
+                except redis.RedisError:
+                    states.append("")
+                finally:
+                    client.close()
+            if all(s in ("ok", "cluster_state:ok") or "cluster_state:ok" in s for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"Redis Cluster not ready in {timeout} s")
+            time.sleep(0.1)
+
+    def client(self, **kwargs: Any) -> Any:
+        """A ``redis.cluster.RedisCluster`` of this cluster (``kwargs`` go to it)."""
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.servers[0].port, **kwargs)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers = []
+
+    def __enter__(self) -> ClusterGroup:
         return self.start()
 
     def __exit__(

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from taskpool.core.limits import Need, gpu_count, limit_names, needs_of
 from taskpool.core.options import TaskOptions
@@ -250,8 +252,21 @@ class Holdings:
             return dict(self._held)
 
     def wake_keys(self, needs: list[Need]) -> list[str]:
-        """The wake lists a release of any of ``needs`` pushes to (for one BLPOP)."""
-        return sorted({self.semaphore(n).keys.wake for n in needs})
+        """The wake lists a release of any of ``needs`` pushes to (for one BLPOP), ``needs`` in
+        waiting order. On Redis Cluster a BLPOP takes keys of one slot only: those of the slot
+        of the first need's list (the oldest waiter's); releases of the others are seen by the
+        waiter's timeout polling (:meth:`Gate._wait_loop <taskpool.worker.gate.Gate._wait_loop>`)."""
+        return wake_keys_for(self.client, [self.semaphore(n).keys.wake for n in needs])
+
+
+def wake_keys_for(client: Any, keys: list[str]) -> list[str]:
+    """``keys`` (wake lists, first the most urgent) that one BLPOP of ``client`` may wait on:
+    all of them, sorted and unique, or on a :class:`~redis.cluster.RedisCluster` only those in
+    the hash slot of the first."""
+    if keys and isinstance(client, RedisCluster):
+        slot = key_slot(keys[0].encode())
+        keys = [k for k in keys if key_slot(k.encode()) == slot]
+    return sorted(set(keys))
 
 
 def granted(needs: list[Need], held: Held) -> tuple[list[list[Any]], list[int]]:

@@ -1,5 +1,6 @@
 -- GCRA (generic cell rate algorithm) over several rates at once: every token or none.
--- Key layout (one key per rate, see taskpool.core.names.rate_key):
+-- Key layout (one key per rate, see taskpool.core.names.rate_key); on Redis Cluster the caller
+-- passes the keys of one slot per call (taskpool.stores.rates.Rates):
 --   KEYS[i] <ks>:rate:{NAME}   string   TAT, the rate's "theoretical arrival time" in microseconds
 --                                       since the epoch (Redis TIME); expires once it is in the past
 -- ARGV[1]      "take" or "refund"

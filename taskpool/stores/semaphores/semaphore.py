@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from taskpool.core.errors import ConfigurationError, LeaseLost, SlotTimeout
 from taskpool.core.names import SEMAPHORE_PARTS, semaphore_key, semaphore_key_glob, semaphore_of_key
@@ -199,7 +200,7 @@ class Semaphore:
         self._capacity = self._checked_capacity(capacity)
         # A BLPOP outliving the socket timeout (redis-py 8 defaults to 5 s) fails, and redis-py's
         # retry would then start it over and over: block for at most half of it.
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = client.get_connection_kwargs().get("socket_timeout")  # a RedisCluster has no pool
         self._max_block = socket_timeout / 2 if socket_timeout else float("inf")
         self._acquire_script = client.register_script(ACQUIRE_LUA)
         self._renew_script = client.register_script(RENEW_LUA)
@@ -367,8 +368,12 @@ class Semaphore:
         pipe.hgetall(self.keys.holders)
         pipe.hgetall(self.keys.info)
         pipe.zrange(self.keys.leases, 0, -1, withscores=True)
-        pipe.time()
-        slot_tokens, infos, scores, (seconds, micros) = pipe.execute()
+        if isinstance(self.client, RedisCluster):  # TIME names no key: no part of a Cluster MULTI
+            slot_tokens, infos, scores = pipe.execute()
+            seconds, micros = self.client.time(target_nodes=self.client.get_node_from_key(self.keys.holders))
+        else:
+            pipe.time()
+            slot_tokens, infos, scores, (seconds, micros) = pipe.execute()
         now = seconds + micros / 1e6
         info_of = {_text(k): json.loads(v) for k, v in infos.items()}
         expiry_of = {_text(token): score / 1000.0 for token, score in scores}
