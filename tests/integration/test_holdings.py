@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import redis
 
 from taskpool.core.limits import Need
 from taskpool.core.names import LIMIT
@@ -22,11 +22,22 @@ from taskpool.worker.waits import Wait
 pytestmark = pytest.mark.timeout(30)
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A standalone Redis, and a Redis Cluster of three masters (the lines live on several nodes)."""
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_client")
+        return
+    cluster = request.getfixturevalue("redis_cluster").client()
+    yield cluster
+    cluster.close()
+
+
 @pytest.fixture
-def workers(redis_client: redis.Redis) -> Iterator[tuple[Holdings, Holdings, str]]:
+def workers(client: Any) -> Iterator[tuple[Holdings, Holdings, str]]:
     keyspace = f"hold{uuid.uuid4().hex[:8]}"
-    a = Holdings(redis_client, keyspace, 30.0, node="w1@h", owner="w1@h:1")
-    b = Holdings(redis_client, keyspace, 30.0, node="w2@h", owner="w2@h:2")
+    a = Holdings(client, keyspace, 30.0, node="w1@h", owner="w1@h:1")
+    b = Holdings(client, keyspace, 30.0, node="w2@h", owner="w2@h:2")
     yield a, b, keyspace
     for h in (a, b):
         for key in h.delivery_keys():
@@ -37,12 +48,12 @@ def need(name: str, capacity: int, count: int = 1) -> Need:
     return Need(f"limit:{name}", capacity, count, LIMIT)
 
 
-def line(client: redis.Redis, keyspace: str, n: Need) -> list[tuple[str, int]]:
+def line(client: Any, keyspace: str, n: Need) -> list[tuple[str, int]]:
     return [(w, c) for w, c, _ in Semaphore(client, n.name, n.capacity, keyspace=keyspace).waiters()]
 
 
 def test_a_refused_request_keeps_the_slots_it_wants_from_later_ones_on_other_workers(
-    workers: tuple[Holdings, Holdings, str], redis_client: redis.Redis
+    workers: tuple[Holdings, Holdings, str], client: Any
 ) -> None:
     w1, w2, keyspace = workers
     shared = need("shared", 2)
@@ -50,18 +61,18 @@ def test_a_refused_request_keeps_the_slots_it_wants_from_later_ones_on_other_wor
     wide = need("shared", 2, count=2)
     refused = w2.take("b#1", "b", [wide])
     assert isinstance(refused, Wait) and refused.reason == "limit shared 1/2"
-    assert line(redis_client, keyspace, shared) == [("w2@h:2|b#1", 2)]
+    assert line(client, keyspace, shared) == [("w2@h:2|b#1", 2)]
     later = w1.take("a#2", "a2", [shared])  # one slot is free, but the earlier waiter wants it
     assert isinstance(later, Wait) and later.reason == "limit shared 2/2"
     w1.give_back("a#1")
     assert not isinstance(w2.take("b#1", "b", [wide]), Wait)
-    assert line(redis_client, keyspace, shared) == [("w1@h:1|a#2", 1)]  # admitted: out of line
+    assert line(client, keyspace, shared) == [("w1@h:1|a#2", 1)]  # admitted: out of line
     w1.leave("a#2")  # a request handed to another worker gives up its place
-    assert line(redis_client, keyspace, shared) == []
+    assert line(client, keyspace, shared) == []
 
 
 def test_two_requests_needing_the_same_semaphores_never_hold_each_other_up(
-    workers: tuple[Holdings, Holdings, str], redis_client: redis.Redis
+    workers: tuple[Holdings, Holdings, str], client: Any
 ) -> None:
     w1, w2, keyspace = workers
     a, b = need("a", 1), need("b", 1)
@@ -71,19 +82,19 @@ def test_two_requests_needing_the_same_semaphores_never_hold_each_other_up(
     assert isinstance(w2.take("y#1", "y", [a, b]), Wait)  # second: behind it at a
     w1.give_back("hold-a#1")
     assert isinstance(w1.take("x#1", "x", [a, b]), Wait)  # gets a, not b: keeps its place at a
-    assert [w for w, _ in line(redis_client, keyspace, a)] == ["w1@h:1|x#1", "w2@h:2|y#1"]
-    assert [w for w, _ in line(redis_client, keyspace, b)] == ["w1@h:1|x#1"]
+    assert [w for w, _ in line(client, keyspace, a)] == ["w1@h:1|x#1", "w2@h:2|y#1"]
+    assert [w for w, _ in line(client, keyspace, b)] == ["w1@h:1|x#1"]
     assert isinstance(w2.take("y#1", "y", [a, b]), Wait)  # a is x's, though free
     w1.give_back("hold-b#1")
     assert isinstance(w2.take("y#1", "y", [a, b]), Wait)  # b too: x came first
     assert not isinstance(w1.take("x#1", "x", [a, b]), Wait)
     w1.give_back("x#1")
     assert not isinstance(w2.take("y#1", "y", [a, b]), Wait)
-    assert line(redis_client, keyspace, a) == line(redis_client, keyspace, b) == []
+    assert line(client, keyspace, a) == line(client, keyspace, b) == []
 
 
 def test_places_of_waiting_requests_outlive_the_queue_ttl_while_refreshed(
-    workers: tuple[Holdings, Holdings, str], redis_client: redis.Redis
+    workers: tuple[Holdings, Holdings, str], client: Any
 ) -> None:
     w1, w2, keyspace = workers
     shared = need("ttl", 1)
@@ -98,7 +109,7 @@ def test_places_of_waiting_requests_outlive_the_queue_ttl_while_refreshed(
         time.sleep(0.1)
     probe = w1.semaphore(shared)
     probe.try_acquire_or_free("probe")  # a script run forgets lapsed places
-    assert [w for w, _ in line(redis_client, keyspace, shared)] == ["w2@h:2|b#1"]
+    assert [w for w, _ in line(client, keyspace, shared)] == ["w2@h:2|b#1"]
     time.sleep(0.5)  # its worker stopped refreshing (died): the place lapses
     probe.try_acquire_or_free("probe")
-    assert line(redis_client, keyspace, shared) == []
+    assert line(client, keyspace, shared) == []

@@ -37,14 +37,9 @@ local now = now_ms()
 local to_wake = expire_leases(now) -- one wake element per slot freed here
 expire_waiters(now)
 if waiter ~= '' then
-  local placed = redis.call('ZSCORE', QUEUE, waiter)
-  if placed then
-    arrival = tonumber(placed)
-  elseif arrival <= 0 then
-    arrival = now
-  end
+  arrival = arrival_of(waiter, arrival, now)
 else
-  arrival = now + 1 -- after every queued waiter
+  arrival = nil -- out of line: after every queued waiter
 end
 
 -- The same token again (a client retrying after a lost reply): extend and return the grant.

@@ -104,17 +104,39 @@ local function expire_waiters(now)
   end
 end
 
+-- The place in line of `waiter`: the one it has, else `arrival` (a request that waits in other
+-- semaphores already), else now, after every waiter queued so far (two newcomers within one
+-- millisecond must not be ordered by name: the later one would pass the earlier one).
+local function arrival_of(waiter, arrival, now)
+  local placed = redis.call('ZSCORE', QUEUE, waiter)
+  if placed then
+    return tonumber(placed)
+  end
+  if arrival > 0 then
+    return arrival
+  end
+  local last = redis.call('ZRANGE', QUEUE, -1, -1, 'WITHSCORES')
+  if last[2] then
+    return math.max(now, tonumber(last[2]) + 1)
+  end
+  return now
+end
+
 -- Slots wanted by the waiters queued before (arrival, waiter): lower arrival, or the same
--- arrival and a smaller name (the order of the sorted set).
+-- arrival and a smaller name (the order of the sorted set). arrival nil: every waiter.
 local function wanted_ahead(waiter, arrival)
   local ahead = 0
-  local queued = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', string.format('%.0f', arrival), 'WITHSCORES')
+  local upto = '+inf'
+  if arrival then
+    upto = string.format('%.0f', arrival)
+  end
+  local queued = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', upto, 'WITHSCORES')
   for i = 1, #queued, 2 do
     local other = queued[i]
     if other == waiter then
       break
     end
-    if tonumber(queued[i + 1]) < arrival or other < waiter then
+    if not arrival or tonumber(queued[i + 1]) < arrival or other < waiter then
       ahead = ahead + (tonumber(redis.call('HGET', WANTS, other)) or 0)
     end
   end

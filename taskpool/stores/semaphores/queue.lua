@@ -13,12 +13,7 @@ local now = now_ms()
 if mode == 'join' then
   local waiter, count = ARGV[2], tonumber(ARGV[3])
   local arrival, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local placed = redis.call('ZSCORE', QUEUE, waiter)
-  if placed then
-    arrival = tonumber(placed)
-  elseif arrival <= 0 then
-    arrival = now
-  end
+  arrival = arrival_of(waiter, arrival, now)
   join(waiter, count, arrival, ttl_ms, now)
   return string.format('%.0f', arrival)
 end
