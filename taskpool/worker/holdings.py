@@ -252,11 +252,12 @@ class Holdings:
             return dict(self._held)
 
     def wake_keys(self, needs: list[Need]) -> list[str]:
-        """The wake lists a release of any of ``needs`` pushes to (for one BLPOP), ``needs`` in
-        waiting order. On Redis Cluster a BLPOP takes keys of one slot only: those of the slot
+        """This worker's wake lists of the semaphores of ``needs`` (for one BLPOP; a script pushes
+        to one when a request of this worker is next in line and its slots are free), ``needs``
+        in waiting order. On Redis Cluster a BLPOP takes keys of one slot only: those of the slot
         of the first need's list (the oldest waiter's); releases of the others are seen by the
         waiter's timeout polling (:meth:`Gate._wait_loop <taskpool.worker.gate.Gate._wait_loop>`)."""
-        return wake_keys_for(self.client, [self.semaphore(n).keys.wake for n in needs])
+        return wake_keys_for(self.client, [self.semaphore(n).wake_key(self.owner) for n in needs])
 
 
 def wake_keys_for(client: Any, keys: list[str]) -> list[str]:

@@ -36,3 +36,20 @@ def test_slots_and_status_show_and_free_a_dead_workers_slot(tp_app: Any, redis_c
     assert f"{name}: slot 0 held by a worker whose lease expired at" in status.stdout
     assert holders_of(redis_client, name) == []
     assert sem.try_acquire("alive:1", 2) is not None  # both slots free
+
+
+def test_slots_shows_who_waits_in_line_in_order(tp_app: Any, redis_client: redis.Redis) -> None:
+    name = f"limit:line-{os.urandom(3).hex()}"
+    sem = Semaphore(redis_client, name, 2)
+    held = sem.acquire("host-a:1", 2, task_id="big-one")
+    sem.join("host-b:7|task-1#1", 2)
+    sem.join("host-a:1|task-2#4", 1)
+    shown = taskpool_cli("tests.apps.app", "slots")
+    assert shown.returncode == 0, shown.stderr
+    assert "in line" in shown.stdout
+    rows = [x.split() for x in shown.stdout.splitlines() if name in x and "|" in x.replace("│", "")]
+    # semaphore, place, waiter, wants: first come (and wanting both slots), first in line
+    first, second = [name, "1", "host-b:7|task-1#1", "2"], [name, "2", "host-a:1|task-2#4", "1"]
+    assert [r[1:8:2] for r in rows] == [first, second]
+    sem.leave(["host-b:7|task-1#1", "host-a:1|task-2#4"])
+    sem.release(held)

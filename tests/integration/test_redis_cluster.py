@@ -99,19 +99,21 @@ def test_the_gates_blpop_keeps_to_one_slot_and_a_release_there_wakes_it(cluster:
     tags = [f"w{i}" for i in range(30)]
     first, other = spread(cluster, lambda t: SemaphoreKeys.for_name(sem_name(t), keyspace).wake, tags)
     sems = {t: Semaphore(cluster, sem_name(t), 1, ttl=30, keyspace=keyspace) for t in (first, other)}
-    wakes = [sems[first].keys.wake, sems[other].keys.wake]
+    wakes = [sems[first].wake_key("host:2"), sems[other].wake_key("host:2")]
     assert key_slot(wakes[0].encode()) != key_slot(wakes[1].encode())
     keys = wake_keys_for(cluster, wakes)
     assert keys == [wakes[0]]  # the oldest waiter's list only: a two-slot BLPOP is refused
     holders = {t: s.acquire("host:1") for t, s in sems.items()}
     for s in sems.values():
-        cluster.delete(s.keys.wake)  # no wake-up left over from before
+        s.join("host:2|d1", 1)  # worker host:2 waits in both lines
     popped: list[Any] = []
     blocked = threading.Thread(target=lambda: popped.append(cluster.blpop(keys, timeout=DEADLINE)))
     blocked.start()
     sems[first].release(holders[first])
     blocked.join(DEADLINE + 5)
     assert popped and popped[0] is not None and popped[0][0].decode() == wakes[0]
+    for s in sems.values():
+        s.leave(["host:2|d1"])
     sems[other].release(holders[other])
 
 
@@ -177,7 +179,7 @@ def test_one_admission_decision_with_a_keyed_limit_a_cluster_cap_and_rates(
     hourly = [RateNeed(f"tenant:{i}", interval_ms("1/h"), "1/h") for i in range(6)]
     assert len({node_of(cluster, names.rate_key(r.name, keyspace)) for r in hourly[:3]}) > 1
 
-    wakes = [SemaphoreKeys.for_name(n.name, keyspace).wake for n in needs]
+    wakes = [holdings.semaphore(n).wake_key("host-a:1") for n in needs]
     first_slot = key_slot(wakes[0].encode())
     assert holdings.wake_keys(needs) == sorted(w for w in wakes if key_slot(w.encode()) == first_slot)
 

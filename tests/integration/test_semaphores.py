@@ -369,14 +369,27 @@ def test_retrying_an_acquire_with_its_token_is_idempotent(make_sem: SemFactory) 
     assert len(sem.holders()) == 1
 
 
-def test_wake_list_stays_bounded(make_sem: SemFactory) -> None:
+def test_wake_ups_go_only_to_waiters_whose_slots_are_free(make_sem: SemFactory) -> None:
     sem = make_sem(capacity=2)
     for _ in range(50):
         sem.release(sem.acquire("a"))
-    assert sem.client.llen(sem.keys.wake) <= 2
-    assert 0 < sem.client.pttl(sem.keys.wake) <= 60_000
-    sem.acquire("a", count=2)
-    assert sem.client.exists(sem.keys.wake) == 0  # no free slot, so no wake element
+    wakes = sem.client.keys(sem.wake_key("*"))
+    assert wakes == []  # nobody waited, nobody is woken
+    one, two = sem.acquire("a"), sem.acquire("a")
+    sem.join("w1|d", 1)
+    sem.join("w2|d", 2)
+    sem.join("w3|d", 1)  # behind w2, which wants both slots
+    sem.release(one)
+    assert sem.client.llen(sem.wake_key("w1")) == 1
+    assert sem.client.exists(sem.wake_key("w2"), sem.wake_key("w3")) == 0
+    assert 0 < sem.client.pttl(sem.wake_key("w1")) <= 60_000
+    sem.leave(["w1|d"])  # w1 went elsewhere: w2 is first, but one slot is not enough for it
+    assert sem.client.exists(sem.wake_key("w2"), sem.wake_key("w3")) == 0
+    sem.release(two)
+    assert sem.client.llen(sem.wake_key("w2")) == 1  # one element at most, however often woken
+    sem.reap_expired()
+    assert sem.client.llen(sem.wake_key("w2")) == 1
+    assert sem.client.exists(sem.wake_key("w3")) == 0
 
 
 def test_invalid_arguments_fail_with_the_value(make_sem: SemFactory) -> None:

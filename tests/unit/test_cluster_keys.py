@@ -44,11 +44,14 @@ def decision_semaphores() -> list[str]:
 @pytest.mark.parametrize("keyspace", KEYSPACES)
 @pytest.mark.parametrize("name", decision_semaphores())
 def test_each_semaphore_script_call_is_one_slot(keyspace: str, name: str) -> None:
-    # acquire, renew, release, release_owner and reap take KEYS = SemaphoreKeys.as_list(); the
-    # blocking acquire BLPOPs keys.wake alone; holders() reads holders, info, leases in a MULTI.
+    # acquire, renew, release, release_owner, reap and queue take KEYS = SemaphoreKeys.as_list()
+    # and push to the wake lists of waiter groups (<wake>:<group>, not declared in KEYS: same tag);
+    # a blocking acquire BLPOPs its own wake list; holders() reads holders, info, leases in a MULTI.
     keys = SemaphoreKeys.for_name(name, keyspace).as_list()
     assert len(keys) == len(names.SEMAPHORE_PARTS)
     assert one_slot(keys), keys
+    wake_lists = [f"{SemaphoreKeys.for_name(name, keyspace).wake}:{group}" for group in ("host:1", "h/{x}")]
+    assert one_slot([*keys, *wake_lists])
     assert one_slot([*keys, names.semaphore_key_glob(keyspace, name)])
 
 

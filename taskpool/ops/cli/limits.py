@@ -11,7 +11,7 @@ from taskpool.core import names
 from taskpool.core.errors import TaskpoolError
 from taskpool.ops.cli.common import app_option, console, id_column, load_app, show
 from taskpool.stores.limits import LimitStore
-from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names
+from taskpool.stores.semaphores import HolderInfo, holders_of, reap_expired, semaphore_names, waiters_of
 
 
 @click.group()
@@ -64,7 +64,7 @@ def limits_rm(app_path: str, name: str) -> None:
 @click.command()
 @app_option
 def slots(app_path: str) -> None:
-    """Who holds which slot: GPU slots, named limits and in-flight caps."""
+    """Who holds which slot (GPU slots, named limits, in-flight caps), and who waits in line."""
     app = load_app(app_path)
     table = Table(
         id_column("semaphore"),
@@ -75,9 +75,19 @@ def slots(app_path: str) -> None:
         "lease expires",
         "fence",
     )
+    line = Table(
+        id_column("semaphore"),
+        "place",
+        id_column("waiter (worker:pid|delivery)"),
+        "wants",
+        "waiting since",
+        title="in line (served in this order, on every worker)",
+    )
     for name in semaphore_names(app.redis, app.settings.keyspace):
         # Leases of dead workers are freed here, by the reader, and shown once as such.
         reaped = reap_expired(app.redis, name, app.settings.keyspace)
+        for place, (waiter, wants, since) in enumerate(waiters_of(app.redis, name, app.settings.keyspace), 1):
+            line.add_row(name, str(place), waiter, str(wants), _clock(since))
         for h in sorted(reaped + holders_of(app.redis, name, app.settings.keyspace), key=lambda h: h.slot):
             table.add_row(
                 name,
@@ -89,6 +99,8 @@ def slots(app_path: str) -> None:
                 str(h.fence),
             )
     show(table)
+    if line.row_count:
+        show(line)
 
 
 def dead_holder(h: HolderInfo) -> str:

@@ -12,6 +12,7 @@ from taskpool.stores.semaphores.semaphore import (
     holders_of,
     reap_expired,
     semaphore_names,
+    waiters_of,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "holders_of",
     "reap_expired",
     "semaphore_names",
+    "waiters_of",
 ]

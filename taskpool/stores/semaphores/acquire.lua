@@ -1,5 +1,5 @@
 -- acquire.lua: grant `count` slots of a semaphore to `token`, or say how long to wait.
--- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
+-- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, the line, wake).
 --
 -- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] token       unique per lease (client-generated; retrying with it is idempotent)
@@ -9,15 +9,12 @@
 -- ARGV[5] capacity    slots in the semaphore (config; a smaller value evicts no one, it only
 --                     refuses grants until the holders drop below it)
 -- ARGV[6] ttl_ms      lease length
--- ARGV[7] pass_wake   "1" when the caller was woken by a wake element: if it is refused while
---                     some slots are free (it wants more), the element goes back on the list
---                     for a waiter that wants fewer; "0" otherwise
--- ARGV[8] waiter      the caller's name in the queue of waiters, or "" for a caller that
+-- ARGV[7] waiter      the caller's name in the queue of waiters, or "" for a caller that
 --                     does not wait in line (it still lets every queued waiter go first)
--- ARGV[9] arrival_ms  when the caller started waiting ("0": now, if it has no place yet);
+-- ARGV[8] arrival_ms  when the caller started waiting ("0": now, if it has no place yet);
 --                     a waiter whose place was forgotten gets it back with this time
--- ARGV[10] queue_ttl_ms  how long a refused waiter's place lasts unless refreshed
--- ARGV[11] leave      "1": a grant ends the waiter's wait (it forgets its place); "0": the
+-- ARGV[9] queue_ttl_ms   how long a refused waiter's place lasts unless refreshed
+-- ARGV[10] leave      "1": a grant ends the waiter's wait (it forgets its place); "0": the
 --                     caller forgets it itself (a request that needs several semaphores keeps
 --                     its places until it holds them all)
 --
@@ -30,12 +27,12 @@
 
 local token, owner, task_id = ARGV[1], ARGV[2], ARGV[3]
 local count, capacity, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local pass_wake = ARGV[7] == '1'
-local waiter, arrival = ARGV[8] or '', tonumber(ARGV[9] or '0') or 0
-local queue_ttl_ms, leave_on_grant = tonumber(ARGV[10] or '0') or 0, ARGV[11] ~= '0'
+local waiter, arrival = ARGV[7], tonumber(ARGV[8]) or 0
+local queue_ttl_ms, leave_on_grant = tonumber(ARGV[9]) or 0, ARGV[10] ~= '0'
 local now = now_ms()
-local to_wake = expire_leases(now) -- one wake element per slot freed here
-expire_waiters(now)
+-- Slots freed by expired leases, or places of vanished waiters forgotten: the line may move.
+local moved = expire_leases(now) > 0
+moved = expire_waiters(now) or moved
 if waiter ~= '' then
   arrival = arrival_of(waiter, arrival, now)
 else
@@ -49,20 +46,19 @@ if raw then
   local expires_at_ms = now + ttl_ms
   redis.call('ZADD', LEASES, expires_at_ms, token)
   expire_when_idle()
-  wake(to_wake, capacity)
   if waiter ~= '' and leave_on_grant then
     leave(waiter)
   end
+  wake(capacity)
   return {1, info.slots, info.fence, expires_at_ms}
 end
 
 local held = redis.call('HLEN', HOLDERS)
 local ahead = wanted_ahead(waiter, arrival)
 if held + ahead + count > capacity then
-  if pass_wake and held < capacity then
-    to_wake = to_wake + 1
+  if moved then
+    wake(capacity)
   end
-  wake(to_wake, capacity)
   local nearest = redis.call('ZRANGE', LEASES, 0, 0, 'WITHSCORES')
   local retry_ms = -1
   if nearest[2] then
@@ -105,8 +101,8 @@ redis.call('HSET', INFO, token, cjson.encode({
   slots = slots, owner = owner, task_id = task_id, since_ms = now, fence = fence,
 }))
 expire_when_idle()
-wake(to_wake, capacity)
 if waiter ~= '' and leave_on_grant then
   leave(waiter)
 end
+wake(capacity) -- slots may remain for the next in line
 return {1, slots, fence, expires_at_ms}

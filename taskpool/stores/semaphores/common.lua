@@ -1,12 +1,13 @@
--- common.lua: helpers shared by acquire.lua, renew.lua, release.lua and release_owner.lua.
--- semaphore.py prepends this file to each of them, so the four scripts free slots one way.
+-- common.lua: helpers shared by every semaphore script (acquire, renew, release, release_owner,
+-- reap, queue). semaphore.py prepends this file to each of them, so they free slots one way.
 --
 -- Key layout of one semaphore NAME (every key shares the hash tag {NAME}, so Cluster-safe):
 --   KEYS[1] <ks>:sem:{NAME}:holders  hash    slot index ("0".."capacity-1") -> token
 --   KEYS[2] <ks>:sem:{NAME}:leases   zset    token -> expires_at_ms (Redis TIME, ms since epoch)
 --   KEYS[3] <ks>:sem:{NAME}:info     hash    token -> JSON {slots, owner, task_id, since_ms, fence}
 --   KEYS[4] <ks>:sem:{NAME}:fence    string  counter, INCR once per grant (the fencing token)
---   KEYS[5] <ks>:sem:{NAME}:wake     list    about one element per free slot; waiters BLPOP it
+--   KEYS[5] <ks>:sem:{NAME}:wake     prefix  <wake>:<group> is a list of at most one element,
+--                                            pushed when a waiter of that group may be granted
 --   KEYS[6] <ks>:sem:{NAME}:queue    zset    waiter -> arrival_ms: who waits, in arrival order
 --   KEYS[7] <ks>:sem:{NAME}:wants    hash    waiter -> slots it waits for
 --   KEYS[8] <ks>:sem:{NAME}:due      zset    waiter -> ms after which its place is forgotten
@@ -15,7 +16,7 @@
 
 local HOLDERS, LEASES, INFO, FENCE, WAKE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local QUEUE, WANTS, DUE = KEYS[6], KEYS[7], KEYS[8]
-local WAKE_TTL_MS = 60000 -- an idle semaphore's stale wake elements disappear after a minute
+local WAKE_TTL_MS = 60000 -- a wake element nobody took disappears after a minute
 
 -- Redis server time in ms (scripts are replicated by effects, so TIME is allowed).
 local function now_ms()
@@ -51,24 +52,6 @@ local function expire_leases(now)
   return freed
 end
 
--- Pushes one wake element per freed slot, then keeps the list no longer than the number of
--- free slots: an element stands for "a slot may be free", and a stale one only costs a waiter
--- one extra attempt.
-local function wake(freed, capacity)
-  for _ = 1, freed do
-    redis.call('LPUSH', WAKE, '1')
-  end
-  local free = capacity - redis.call('HLEN', HOLDERS)
-  if free <= 0 then
-    redis.call('DEL', WAKE)
-    return
-  end
-  redis.call('LTRIM', WAKE, 0, free - 1)
-  if freed > 0 then
-    redis.call('PEXPIRE', WAKE, WAKE_TTL_MS)
-  end
-end
-
 -- A semaphore costs nothing once idle: its keys expire IDLE_MS after its last lease does (a
 -- keyed limit makes one semaphore per key). Call after a grant or a renewal. The fence counter
 -- expires with them; acquire.lua starts a new one from the clock, so fences keep increasing.
@@ -97,11 +80,13 @@ local function leave(waiter)
   redis.call('ZREM', DUE, waiter)
 end
 
--- Forgets the places of waiters whose worker stopped refreshing them.
+-- Forgets the places of waiters whose worker stopped refreshing them; true if there were any.
 local function expire_waiters(now)
-  for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', DUE, '-inf', now)) do
+  local gone = redis.call('ZRANGEBYSCORE', DUE, '-inf', now)
+  for _, waiter in ipairs(gone) do
     leave(waiter)
   end
+  return #gone > 0
 end
 
 -- The place in line of `waiter`: the one it has, else `arrival` (a request that waits in other
@@ -152,5 +137,28 @@ local function join(waiter, count, arrival, ttl_ms, now)
     if redis.call('PTTL', key) < ttl_ms then
       redis.call('PEXPIRE', key, ttl_ms)
     end
+  end
+end
+
+-- Wakes the waiters at the front of the line whose slots are free now (every waiter wants at
+-- least one slot, so at most `free` of them): one element on the wake list of each one's group,
+-- the part of its name before "|" (a worker: "host:pid"), or its whole name. A list holds one
+-- element at most: it means "try again", and a stale one costs one attempt. Waking only those
+-- who can be granted keeps a wake-up from going to a waiter that must let it pass.
+local function wake(capacity)
+  local free = capacity - redis.call('HLEN', HOLDERS)
+  if free <= 0 then
+    return
+  end
+  for _, waiter in ipairs(redis.call('ZRANGE', QUEUE, 0, math.min(free, 1000) - 1)) do
+    local wants = tonumber(redis.call('HGET', WANTS, waiter)) or 1
+    if wants > free then
+      return
+    end
+    free = free - wants
+    local key = WAKE .. ':' .. (string.match(waiter, '^(.-)|') or waiter)
+    redis.call('LPUSH', key, '1')
+    redis.call('LTRIM', key, 0, 0)
+    redis.call('PEXPIRE', key, WAKE_TTL_MS)
   end
 end

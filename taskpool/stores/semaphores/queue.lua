@@ -6,7 +6,8 @@
 --                    Takes a place (or keeps the one it has); returns its arrival_ms.
 --         "refresh": ARGV[2] ttl_ms, ARGV[3..] waiters. Each one still queued keeps its place
 --                    ttl_ms longer; returns how many were still queued.
---         "leave":   ARGV[2..] waiters. Forgets their places; returns how many there were.
+--         "leave":   ARGV[2] capacity, ARGV[3..] waiters. Forgets their places and wakes the
+--                    waiters that fit now; returns how many places there were.
 
 local mode = ARGV[1]
 local now = now_ms()
@@ -36,8 +37,11 @@ if mode == 'refresh' then
   return kept
 end
 local gone = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   gone = gone + redis.call('ZREM', QUEUE, ARGV[i])
   leave(ARGV[i])
+end
+if gone > 0 then
+  wake(tonumber(ARGV[2]))
 end
 return gone

@@ -4,8 +4,8 @@
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
 -- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
--- ARGV[1] capacity    used only to trim the wake list (a reader that does not know it passes a
---                     large number: the list is then only appended to)
+-- ARGV[1] capacity    which waiters can be woken (a reader that does not know it passes a large
+--                     number: the first 1000 waiters in line are woken, each tries once)
 --
 -- Returns a flat list token1, info1 (the lease's JSON), expires_at_ms1, slots freed1, ...
 
@@ -24,6 +24,6 @@ for i = 1, #expired, 2 do
   reaped[#reaped + 1] = n
 end
 if freed > 0 then
-  wake(freed, capacity)
+  wake(capacity)
 end
 return reaped

@@ -1,9 +1,9 @@
--- release.lua: free the slots of `token` and wake as many waiters as slots were freed.
+-- release.lua: free the slots of `token` and wake the waiters at the front of the line that fit.
 -- Runs after common.lua (key layout, now_ms, free_lease, expire_leases, wake).
 --
 -- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] token
--- ARGV[2] capacity    used only to trim the wake list
+-- ARGV[2] capacity    which waiters can be woken
 --
 -- Returns the number of slots freed (>= 1),
 --      or 0 when the token holds nothing (already released, or expired and reaped),
@@ -16,7 +16,7 @@ if not score then
   return 0
 end
 local freed = free_lease(token)
-wake(freed, capacity)
+wake(capacity)
 if tonumber(score) <= now_ms() then
   return -1
 end

@@ -5,10 +5,11 @@
 -- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] owner       the owner string given to acquire.lua
 -- ARGV[2] match       "exact": owner == ARGV[1]; "prefix": owner starts with ARGV[1]
--- ARGV[3] capacity    used only to trim the wake list
+-- ARGV[3] capacity    which waiters can be woken
 --
 -- Returns the number of slots freed (expired but unreaped leases of the owner included).
--- The owner's waiters ("owner|...") lose their places too.
+-- The owner's waiters ("owner|..." of a worker, "owner/..." of a blocking acquire) lose their
+-- places too.
 
 local owner, match, capacity = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local entries = redis.call('HGETALL', INFO)
@@ -27,9 +28,10 @@ for i = 1, #entries, 2 do
 end
 for _, waiter in ipairs(redis.call('ZRANGE', QUEUE, 0, -1)) do
   local who = string.match(waiter, '^(.-)|') or waiter
-  if (match == 'prefix' and string.sub(who, 1, #owner) == owner) or who == owner then
+  local exact = who == owner or string.sub(who, 1, #owner + 1) == owner .. '/'
+  if (match == 'prefix' and string.sub(who, 1, #owner) == owner) or exact then
     leave(waiter)
   end
 end
-wake(freed, capacity)
+wake(capacity)
 return freed

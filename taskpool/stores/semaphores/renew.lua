@@ -4,7 +4,7 @@
 -- KEYS: holders, leases, info, fence, wake, queue, wants, due (see common.lua)
 -- ARGV[1] token
 -- ARGV[2] ttl_ms      new lease length, counted from now
--- ARGV[3] capacity    used only to trim the wake list
+-- ARGV[3] capacity    which waiters can be woken
 --
 -- Returns expires_at_ms (> 0) when renewed,
 --      or -1 when the token holds nothing (released, or expired and reaped: its slots may
@@ -19,7 +19,8 @@ if not score then
   return -1
 end
 if tonumber(score) <= now then
-  wake(free_lease(token), capacity)
+  free_lease(token)
+  wake(capacity)
   return -2
 end
 local expires_at_ms = now + ttl_ms

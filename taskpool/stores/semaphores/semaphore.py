@@ -94,6 +94,11 @@ def holders_of(client: redis.Redis, name: str, keyspace: str = "taskpool") -> li
     return Semaphore(client, name, 1, keyspace=keyspace).holders()
 
 
+def waiters_of(client: redis.Redis, name: str, keyspace: str = "taskpool") -> list[tuple[str, int, float]]:
+    """:meth:`Semaphore.waiters` of the semaphore ``name``, without knowing its capacity."""
+    return Semaphore(client, name, 1, keyspace=keyspace).waiters()
+
+
 @dataclass(slots=True)
 class Lease:
     """A grant of ``len(slots)`` slots. ``expires_at`` is Redis server time (epoch seconds).
@@ -240,10 +245,11 @@ class Semaphore:
     ) -> Lease:
         """Take ``count`` slots at once, blocking until they are free, in arrival order.
 
-        A refused attempt takes a place in the semaphore's queue of waiters (later callers, on
-        any machine, leave it the slots it wants) and waits on the wake list (a release wakes
-        one waiter per freed slot), at most until the nearest lease expiry, the
-        ``poll_interval`` or the deadline, then tries again. An uncontended acquire is one round trip.
+        A refused attempt takes a place in the semaphore's line of waiters (later callers, on
+        any machine, leave it the slots it wants) and waits on its own wake list, which a
+        script pushes to once the slots it wants are free and everyone before it is served, at
+        most until the nearest lease expiry, the ``poll_interval`` or the deadline, then tries
+        again. An uncontended acquire is one round trip.
 
         Args:
             owner: who holds the lease, e.g. :func:`default_owner`.
@@ -260,20 +266,15 @@ class Semaphore:
                 f"semaphore {self.name!r}: timeout must be >= 0 s or None, got {timeout!r}"
             )
         token = uuid.uuid4().hex  # one token for every attempt: a retried grant is idempotent
-        waiter, arrival = f"{owner}|{token}", 0  # its place in the queue, kept between attempts
+        # Its place in line, kept between attempts, and its own wake list (woken when it fits).
+        waiter, arrival = f"{owner}/{token}", 0
+        wake_key = self.wake_key(waiter)
         deadline = None if timeout is None else time.monotonic() + timeout
-        woken = passed = False
         while True:
-            # A waiter that wants more slots than are free hands the wake-up it used on to one
-            # that may want fewer; never twice in a row, so a lone waiter cannot spin on it.
-            pass_wake = woken and not passed
-            result = self.attempt(
-                owner, count, task_id, token, pass_wake=pass_wake, waiter=waiter, arrival_ms=arrival
-            )
+            result = self.attempt(owner, count, task_id, token, waiter=waiter, arrival_ms=arrival)
             if isinstance(result, Lease):
-                return result
+                return result  # its wake list is empty or expires within a minute
             arrival = result.arrival_ms
-            passed = pass_wake
             wait = self.poll_interval
             if result.retry_after is not None:
                 wait = min(wait, result.retry_after)
@@ -290,7 +291,12 @@ class Semaphore:
                 wait = min(wait, remaining)
             wait = min(wait, self._max_block)
             # BLPOP takes float seconds; 0 would mean "for ever".
-            woken = self.client.blpop([self.keys.wake], timeout=max(wait, 0.001)) is not None
+            self.client.blpop([wake_key], timeout=max(wait, 0.001))
+
+    def wake_key(self, group: str) -> str:
+        """The wake list of the waiters of ``group`` (a worker's ``owner``, or one blocking
+        acquire): the scripts push to it when one of them may be granted; BLPOP it to wait."""
+        return f"{self.keys.wake}:{group}"
 
     def renew(self, lease: Lease) -> float:
         """Extend ``lease`` by ``ttl`` from now; returns (and stores) its new ``expires_at``.
@@ -392,7 +398,6 @@ class Semaphore:
         task_id: str | None,
         token: str,
         *,
-        pass_wake: bool = False,
         waiter: str = "",
         arrival_ms: int = 0,
         leave_on_grant: bool = True,
@@ -400,7 +405,8 @@ class Semaphore:
         """One try at ``count`` slots for the lease ``token`` (one round trip).
 
         Waiters queued before the caller go first: a grant needs ``count`` free slots beyond the
-        ones they want. A refused ``waiter`` (its name, e.g. ``"owner|delivery"``) takes a place
+        ones they want. A refused ``waiter`` (its name: ``"<group>|<rest>"`` or ``"<group>"``, woken
+        through :meth:`wake_key` of its group, e.g. a worker's ``"owner|delivery"``) takes a place
         in the queue at ``arrival_ms`` (Redis ms; 0 = now), or keeps the one it has, for
         ``queue_ttl`` seconds unless :meth:`refresh_waiters` extends it; a grant forgets the
         place when ``leave_on_grant`` (else call :meth:`leave`). ``waiter=""`` takes no place.
@@ -408,7 +414,7 @@ class Semaphore:
         if not owner:
             raise ConfigurationError(f"semaphore {self.name!r}: acquire needs a non-empty owner")
         args: list[str | int] = [token, owner, task_id or "", count, self._capacity, self._ttl_ms]
-        args += ["1" if pass_wake else "0", waiter, arrival_ms, self._queue_ttl_ms]
+        args += [waiter, arrival_ms, self._queue_ttl_ms]
         args.append("1" if leave_on_grant else "0")
         reply = self._acquire_script(self.keys.as_list(), args)
         if int(reply[0]) == 1:
@@ -445,7 +451,7 @@ class Semaphore:
         """Forget the places of ``waiters`` (they stopped waiting); how many had one."""
         if not waiters:
             return 0
-        return int(self._queue_script(self.keys.as_list(), ["leave", *waiters]))
+        return int(self._queue_script(self.keys.as_list(), ["leave", self._capacity, *waiters]))
 
     def waiters(self) -> list[tuple[str, int, float]]:
         """``(waiter, slots wanted, arrival)`` in queue order (arrival: Redis epoch seconds)."""
