@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 
 from taskpool.core.fleet import FleetPolicy
+from taskpool.core.names import fleet_worker_key
 from taskpool.ops.embedded import free_port
 from taskpool.ops.fleet import FleetController, LocalWorkers, running
 from taskpool.stores.fleet import FleetStore
@@ -316,3 +317,19 @@ def test_the_signal_counts_work_that_left_the_redis_list(fleet_app: Any, local_w
     assert signal.queued < 12  # the list alone would undercount
     assert signal.capacity == 4 and signal.live == 1
     app.control.purge()
+
+
+def test_reports_leave_out_bad_json_and_prune_expired_ones(
+    redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FleetStore(redis_client, f"records-{os.getpid()}")
+    try:
+        for node in ("a", "b", "c"):
+            store.publish_report(node, {"pool": "threads", "node": node}, ttl=60)
+        redis_client.delete(fleet_worker_key(store.keyspace, "b"))  # expired
+        redis_client.set(fleet_worker_key(store.keyspace, "c"), b"not json")
+        assert store.reports() == {"a": {"pool": "threads", "node": "a"}}
+        assert {m.decode() for m in redis_client.smembers(store.keys["workers"])} == {"a", "c"}
+        assert "fleet report of c is not JSON" in caplog.text
+    finally:
+        redis_client.delete(*store.keys.values(), *(fleet_worker_key(store.keyspace, n) for n in "abc"))
