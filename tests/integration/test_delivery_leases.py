@@ -7,7 +7,6 @@ loaded machine, and the measured figures are printed (`pytest -s`)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import Worker, wait_for
+from tests.conftest import Worker, session_app, wait_for, worker_set
 
 #: The lease ttl of these tests' workers (the default is 30 s).
 TTL = 3.0
@@ -36,32 +35,14 @@ KOMBU_LAST_RESORT = {
 }
 
 
-@pytest.fixture(scope="module")
-def dlv(redis_url: str) -> Any:
-    os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.apps.delivery_app")
+dlv = session_app("tests.apps.delivery_app")
 
 
 @pytest.fixture
 def start_worker(dlv: Any, redis_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[Worker] = []
-
-    def start(pool: str, name: str, concurrency: int, wait: bool = True, **env: str) -> Worker:
-        w = Worker(
-            "tests.apps.delivery_app",
-            pool,
-            redis_url,
-            tmp_path,
-            concurrency=concurrency,
-            name=name,
-            env={**KOMBU_LAST_RESORT, **env},
-        )
-        started.append(w.start(dlv.app) if wait else w.launch())
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+    """``start_worker(pool, name, concurrency, wait=True, **env)``: a worker of the delivery app."""
+    with worker_set(dlv, redis_url, tmp_path, env=KOMBU_LAST_RESORT) as workers:
+        yield workers.start
 
 
 def runs(dlv: Any, key: str) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
@@ -24,22 +23,12 @@ from taskpool.core.names import fleet_worker_key
 from taskpool.ops.embedded import free_port
 from taskpool.ops.fleet import FleetController, LocalWorkers, running
 from taskpool.stores.fleet import FleetStore
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, app_on_db, wait_for
 
 POLICY = FleetPolicy("threads", min_workers=1, max_workers=4, buffer_workers=1, scaledown_window=5.0)
 
 
-@pytest.fixture(scope="module")
-def fleet_broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/5"
-
-
-@pytest.fixture(scope="module")
-def fleet_app(fleet_broker: str) -> Any:
-    with mock.patch.dict(os.environ, {"TASKPOOL_BROKER_URL": fleet_broker}):
-        import tests.apps.fleet_app as module
-    assert module.app.conf.broker_url == fleet_broker
-    return module
+fleet_app, fleet_broker = app_on_db("tests.apps.fleet_app", 5)
 
 
 @pytest.fixture
