@@ -20,9 +20,7 @@ in-gap samples at which the policy pool sat at its minimum. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -195,20 +193,10 @@ def main() -> None:
         f"  throughput ratio policy/fixed: {ratio:.3f} (target >= {TARGET}) "
         f"{'PASS' if ratio >= TARGET else 'FAIL'}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "command": "python bench/autoscale_bench.py " + " ".join(sys.argv[1:]),
-                "args": vars(args),
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "sides": sides,
-                "ratio": ratio,
-                "target_ratio": TARGET,
-            },
-            indent=2,
-        )
-        + "\n"
+    from bench.procs import write_results
+
+    write_results(
+        RESULTS, "autoscale_bench.py", args=vars(args), sides=sides, ratio=ratio, target_ratio=TARGET
     )
     print(f"results written to {RESULTS.relative_to(ROOT)}")
 

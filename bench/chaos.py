@@ -34,7 +34,7 @@ import redis
 
 from bench.procs import ROOT, environ, start, stop
 from taskpool.ops.embedded import RedisServer, SentinelGroup
-from taskpool.ops.launcher import Child
+from taskpool.ops.launcher import Child, alive
 
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
 APP = "bench.apps.chaos_app"
@@ -110,7 +110,7 @@ class Bench:
     def running(self) -> list[dict[str, Any]]:
         """Runs started and not ended, in a process that is still alive."""
         ended = {(e["label"], e["pid"], e["at"]) for e in self.ends()}
-        return [s for s in self.starts() if (s["label"], s["pid"], s["at"]) not in ended and _alive(s["pid"])]
+        return [s for s in self.starts() if (s["label"], s["pid"], s["at"]) not in ended and alive(s["pid"])]
 
     # -- faults ------------------------------------------------------------------------------
     def child_kill(self) -> dict[str, Any]:
@@ -331,20 +331,6 @@ class Bench:
         if self.redis is not None:
             self.redis.stop()
         self.markers_server.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (a killed child its parent has not reaped yet) is not running anything
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

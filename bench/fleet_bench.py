@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -141,20 +140,9 @@ def main() -> None:
         f"{fixed / elastic:.2f} x the fixed fleet's speed)\n"
         f"  first new worker consuming {first_new:.2f} s after the burst"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "command": "python bench/fleet_bench.py " + " ".join(sys.argv[1:]),
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "args": vars(args),
-                "summary": summary,
-                "samples": samples,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    from bench.procs import write_results
+
+    write_results(RESULTS, "fleet_bench.py", args=vars(args), summary=summary, samples=samples)
 
 
 if __name__ == "__main__":

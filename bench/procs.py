@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,3 +43,12 @@ def environ(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def write_results(path: Path, script: str, **fields: Any) -> None:
+    """Write a bench's results to ``path`` as JSON: the command that ran it (``python bench/<script>``
+    and this run's arguments), the machine (CPUs, Python), then ``fields``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = f"python bench/{script} " + " ".join(sys.argv[1:])
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    path.write_text(json.dumps({"command": command, "machine": machine, **fields}, indent=2) + "\n")

@@ -6,13 +6,17 @@ Every fixture here is lazy: a session starts redis-server only when a test asks 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import pytest
 import redis
@@ -150,6 +154,107 @@ class Worker:
         proc, self.process = self.process, None
         if proc is not None:
             proc.stop(timeout)
+
+
+class WorkerSet:
+    """The workers a test starts from one test app module (``app_module``, with its ``app``);
+    :meth:`stop_all` stops them. ``env``: variables every one of them gets."""
+
+    def __init__(
+        self, app_module: Any, broker_url: str, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.app_module = app_module
+        self.broker_url = broker_url
+        self.log_dir = log_dir
+        self.env = dict(env or {})
+        self.started: list[Worker] = []
+
+    def start(
+        self,
+        pool: str,
+        name: str | None = None,
+        concurrency: int | None = None,
+        *,
+        wait: bool = True,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> Worker:
+        """A worker of the app (``env``: its own variables); with ``wait``, once it answers ``ping``."""
+        w = Worker(
+            self.app_module.__name__,
+            pool,
+            self.broker_url,
+            self.log_dir,
+            concurrency=concurrency,
+            name=name,
+            extra_args=args,
+            env={**self.env, **env},
+        )
+        self.started.append(w)  # stopped at the end even if it never answers
+        return w.start(self.app_module.app) if wait else w.launch()
+
+    def stop_all(self) -> None:
+        for w in self.started:
+            w.stop()
+
+
+@contextlib.contextmanager
+def worker_set(
+    app_module: Any, broker_url: str, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[WorkerSet]:
+    """:class:`WorkerSet` for a fixture's body; all stopped when the block ends."""
+    workers = WorkerSet(app_module, broker_url, log_dir, env)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+def session_app(module: str) -> Any:
+    """A module-scoped fixture (assign it to the fixture's name in a test module): the test app
+    ``module`` on the session's Redis; ``TASKPOOL_BROKER_URL`` stays set in this process (the
+    `taskpool` commands a test runs read it too)."""
+
+    @pytest.fixture(scope="module")
+    def app_module(redis_url: str) -> Any:
+        os.environ["TASKPOOL_BROKER_URL"] = redis_url
+        return importlib.import_module(module)
+
+    return app_module
+
+
+def app_on_db(module: str, db: int) -> tuple[Any, Any]:
+    """Two module-scoped fixtures (assign them to the fixtures' names in a test module): the test
+    app ``module`` on database ``db`` of the session's Redis, that test module's own, and that
+    database's URL. ``TASKPOOL_BROKER_URL`` is set for the import only (the app reads it then)."""
+
+    def url(redis_url: str) -> str:
+        return redis_url.rsplit("/", 1)[0] + f"/{db}"
+
+    @pytest.fixture(scope="module")
+    def broker(redis_url: str) -> str:
+        return url(redis_url)
+
+    @pytest.fixture(scope="module")
+    def app_module(redis_url: str) -> Any:
+        broker_url = url(redis_url)
+        with mock.patch.dict(os.environ, {"TASKPOOL_BROKER_URL": broker_url}):
+            imported = importlib.import_module(module)
+        assert imported.app.conf.broker_url == broker_url
+        return imported
+
+    return app_module, broker
+
+
+def records(app_module: Any, key: str, n: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """The JSON records the test app's tasks pushed under ``key``, once there are ``n`` of them."""
+    wait_for(lambda: app_module.app.redis.llen(key) >= n, timeout, what=f"{n} records under {key}")
+    return [json.loads(x) for x in app_module.app.redis.lrange(key, 0, -1)]
+
+
+def most_at_once(entries: list[dict[str, Any]]) -> int:
+    """The most runs (records with ``start`` and ``end``) that overlapped at one moment."""
+    return max(sum(1 for e in entries if e["start"] <= t["start"] < e["end"]) for t in entries)
 
 
 @pytest.fixture(scope="session")

@@ -18,29 +18,66 @@ from typing import Any
 logger = logging.getLogger("taskpool.admission")
 
 
-def restore_messages(consumer: Any, tags: list[str]) -> int:
-    """Put messages delivered on a closed channel back on their queues, by delivery tag.
+def restore_held(qos: Any, tags: list[str], hooks: Any = None) -> tuple[int, list[tuple[str, Exception]]]:
+    """Put back on their queues, by delivery tag, messages this worker held when its connection
+    was lost (each goes to the head of its queue; their order is kept).
+
+    A restored message keeps its delivery tag. kombu restores a closing channel's unacked
+    messages itself when Redis is up, and another worker may then have taken one, under the same
+    tag: restoring that tag now would push a second copy of a message another worker runs. So,
+    with taskpool's delivery leases (``hooks``, :class:`taskpool.worker.delivery.DeliveryHooks`;
+    by default the ones on ``qos``), a tag is restored only while ``hooks.still_mine(tag)`` (its
+    owner record in Redis names this worker; a tag that is not is forgotten by the hooks). Without
+    them every tag is restored (kombu pushes only what is still in the unacked hash).
+
+    Internal (kombu 5.7.0): the Redis transport's ``QoS.restore_by_tag(tag)``. When ``qos`` is not
+    the hooked one (the leases' step has not hooked the new channel yet), ``hooks.restored(tag)``
+    is called after each restore, as the hooked QoS does.
+
+    Returns:
+        How many were restored, and the tags that failed with their error (e.g. Redis still
+        down), in the order of ``tags``.
+    """
+    restore = getattr(qos, "restore_by_tag", None)
+    if not tags or restore is None:
+        return 0, []  # nothing to do, or a broker that redelivers by itself (AMQP)
+    own_hooks = getattr(qos, "taskpool_hooks", None)
+    hooks = own_hooks if hooks is None else hooks
+    restored = 0
+    failed: list[tuple[str, Exception]] = []
+    for tag in reversed(tags):  # each goes to the head of its queue: keep their order
+        try:
+            if hooks is not None and not hooks.still_mine(tag):
+                continue  # another worker's delivery now, under the same tag: leave it be
+            restore(tag)
+            if hooks is not None and hooks is not own_hooks:
+                hooks.restored(tag)
+            restored += 1
+        except Exception as exc:
+            failed.append((tag, exc))
+    return restored, failed[::-1]
+
+
+def restore_messages(consumer: Any, tags: list[str], hooks: Any = None) -> int:
+    """Put messages delivered on a closed channel back on their queues, by delivery tag
+    (:func:`restore_held` on the consumer's new task channel; ``hooks``: the delivery leases').
 
     kombu's Redis transport restores unacked messages when the old channel closes, but after
     a Redis restart that happens while Redis is still down and fails, leaving them in the
-    unacked hash until ``visibility_timeout``. A tag kombu already restored is a no-op.
+    unacked hash until ``visibility_timeout``. A tag kombu already restored is a no-op, and
+    one another worker holds now is left alone.
 
-    Internal: the Redis transport's ``QoS.restore_by_tag(tag)`` (kombu 5.7.0), reached through
-    Celery's ``consumer.task_consumer.channel.qos``.
+    Internal: Celery's ``consumer.task_consumer.channel.qos``. A tag that fails is logged and
+    left to the visibility timeout (or to the delivery leases' own restore, which retries).
     """
     channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
-    restore = getattr(getattr(channel, "qos", None), "restore_by_tag", None)
-    if not tags or restore is None:
-        return 0  # nothing to do, or a broker that redelivers by itself (AMQP)
-    restored = 0
-    for tag in reversed(tags):  # each goes to the head of its queue: keep their order
-        try:
-            restore(tag)
-            restored += 1
-        except Exception:
-            logger.exception(
-                "taskpool: could not restore message %s; it returns after the visibility timeout", tag
-            )
+    restored, failed = restore_held(getattr(channel, "qos", None), tags, hooks)
+    for tag, exc in failed:
+        logger.error(
+            "taskpool: could not restore message %s; it returns after the visibility timeout",
+            tag,
+            exc_info=exc,
+        )
     return restored
 
 

@@ -23,6 +23,20 @@ from taskpool.core.settings import BROKER_URL_ENV
 Output = Path | Literal["pipe", "inherit", "discard"]
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Child:
     """A process started by :func:`launch` (or any ``Popen`` started with ``start_new_session``)."""
 

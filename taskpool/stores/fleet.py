@@ -14,6 +14,7 @@ import redis
 
 from taskpool.core.fleet import FleetDecision, FleetPolicy, FleetSignal
 from taskpool.core.names import fleet_keys, fleet_worker_key
+from taskpool.stores.records import read_records
 
 logger = logging.getLogger("taskpool.fleet")
 
@@ -89,26 +90,13 @@ class FleetStore:
 
     def reports(self) -> dict[str, dict[str, Any]]:
         """node -> report, for every worker whose report is live; prunes the others."""
-        nodes = sorted(_text(n) for n in self.client.smembers(self.keys["workers"]))
-        if not nodes:
-            return {}
-        values = self.client.mget([fleet_worker_key(self.keyspace, n) for n in nodes])
-        found: dict[str, dict[str, Any]] = {}
-        gone = []
-        for node, raw in zip(nodes, values, strict=True):
-            if raw is None:
-                gone.append(node)
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                logger.warning("taskpool: fleet report of %s is not JSON; ignored", node)
-                continue
-            if isinstance(record, dict):
-                found[node] = record
-        if gone:
-            self.client.srem(self.keys["workers"], *gone)
-        return found
+        return read_records(
+            self.client,
+            self.keys["workers"],
+            lambda node: fleet_worker_key(self.keyspace, node),
+            what="fleet report",
+            log=logger,
+        )
 
     # -- decisions -----------------------------------------------------------------------------
     def record(self, decision: FleetDecision, signal: FleetSignal, *, log: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from taskpool.core.names import peer_keys
+from taskpool.stores.records import read_records
 
 logger = logging.getLogger("taskpool.admission")
 
@@ -49,26 +50,13 @@ class PeerBoard:
 
     def read(self) -> dict[str, dict[str, Any]]:
         """Owner -> record, for every worker whose record is live (this one's included)."""
-        owners = sorted(o.decode() if isinstance(o, bytes) else o for o in self.client.smembers(self.index))
-        if not owners:
-            return {}
-        values = self.client.mget([peer_keys(self.keyspace, o)[1] for o in owners])
-        found: dict[str, dict[str, Any]] = {}
-        gone = []
-        for owner, raw in zip(owners, values, strict=True):
-            if raw is None:
-                gone.append(owner)
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                logger.warning("taskpool: peer record of %s is not JSON; ignored", owner)
-                continue
-            if isinstance(record, dict):
-                found[owner] = record
-        if gone:
-            self.client.srem(self.index, *gone)
-        return found
+        return read_records(
+            self.client,
+            self.index,
+            lambda owner: peer_keys(self.keyspace, owner)[1],
+            what="peer record",
+            log=logger,
+        )
 
     def withdraw(self) -> None:
         """Remove this worker's record (at shutdown; otherwise it expires after ``ttl``)."""

@@ -120,9 +120,11 @@ class AdmissionStep(bootsteps.StartStopStep):
             gate.start()
         # kombu restores unacked messages when the old channel closes, but after a Redis restart
         # that happens while Redis is still down and fails, leaving them in the unacked hash until
-        # visibility_timeout. The new channel restores them by tag (a no-op for a restored one).
+        # visibility_timeout. The new channel restores them by tag (a no-op for a restored one,
+        # and none for one another worker holds now: see restore_held).
         tags, self._to_restore = self._to_restore, []
-        restored = restore_messages(c, tags)
+        keeper = state.deliveries_of(c)
+        restored = restore_messages(c, tags, keeper.hooks if keeper is not None else None)
         if restored:
             logger.info("taskpool: %d held message(s) put back on the queue after reconnecting", restored)
 

@@ -56,7 +56,8 @@ class BatchingStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         tags, self._to_restore = self._to_restore, []
-        restored = restore_messages(c, tags)
+        keeper = state.deliveries_of(c)
+        restored = restore_messages(c, tags, keeper.hooks if keeper is not None else None)
         if restored:
             logger.info(
                 "taskpool: %d buffered batch input(s) put back on the queue after reconnecting", restored

@@ -30,7 +30,7 @@ import redis
 from celery import bootsteps
 
 from taskpool.compat.celery import requests_in_pool
-from taskpool.compat.kombu import install_qos_hooks, unacked_keys
+from taskpool.compat.kombu import install_qos_hooks, restore_held, unacked_keys
 from taskpool.core.names import queue_keyprefix
 from taskpool.stores.deliveries import DeliveryLeases
 from taskpool.worker import state
@@ -123,6 +123,16 @@ class DeliveryHooks:
     def restored(self, tag: str) -> None:
         self.drop([tag])
         self.leases.forget(tag)
+
+    def still_mine(self, tag: str) -> bool:
+        """Whether ``tag`` is still this worker's delivery (its owner record names this worker),
+        so it may be restored after a reconnect; one that is not is forgotten here. kombu restored
+        it when the channel closed (Redis was up): it may be delivered again, with the same tag,
+        to another worker. Raises ``redis.RedisError``."""
+        if self.leases.holder(tag) == self.leases.owner:
+            return True
+        self.drop([tag])
+        return False
 
 
 class DeliveryKeeper:
@@ -287,18 +297,10 @@ class DeliveryStep(bootsteps.StartStopStep):
         if keeper.channel is not None:
             keeper.start()
             tags, self._to_restore = self._to_restore, []
-            leases = keeper.hooks.leases
-            for tag in reversed(tags):  # each goes to the head of its queue: keep their order
-                try:
-                    if leases.holder(tag) != leases.owner:
-                        # kombu restored it when the channel closed (Redis was up): it may be
-                        # delivered again, with the same tag, to another worker; leave it be.
-                        keeper.hooks.drop([tag])
-                        continue
-                    keeper.channel.qos.restore_by_tag(tag)
-                except Exception:
-                    logger.exception("taskpool: could not put message %s back after reconnecting", tag)
-                    self._to_restore.append(tag)
+            _restored, failed = restore_held(keeper.channel.qos, tags, keeper.hooks)
+            for tag, exc in failed:
+                logger.error("taskpool: could not put message %s back after reconnecting", tag, exc_info=exc)
+                self._to_restore.append(tag)
 
     def info(self, c: Any) -> dict[str, Any]:
         keeper = state.deliveries_of(c)

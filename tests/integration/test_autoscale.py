@@ -14,45 +14,27 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
-from tests.conftest import ROOT, Worker, wait_for
+from tests.conftest import ROOT, Worker, app_on_db, wait_for, worker_set
 
 Start = Callable[..., Worker]
 
 
-@pytest.fixture(scope="module")
-def as_broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/1"
-
-
-@pytest.fixture(scope="module")
-def as_app(as_broker: str) -> Any:
-    with mock.patch.dict(os.environ, {"TASKPOOL_BROKER_URL": as_broker}):
-        import tests.apps.autoscale_app as module
-    assert module.app.conf.broker_url == as_broker
-    return module
+as_app, as_broker = app_on_db("tests.apps.autoscale_app", 1)
 
 
 @pytest.fixture
 def start(as_app: Any, as_broker: str, tmp_path: Path) -> Iterator[Start]:
     """Starts autoscale-test workers; stops them (and purges their queues) after the test."""
-    started: list[Worker] = []
     as_app.app.control.purge()
+    with worker_set(as_app, as_broker, tmp_path) as workers:
 
-    def run(pool: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Worker:
-        name = f"as-{pool}-{os.urandom(3).hex()}"
-        worker = Worker(
-            "tests.apps.autoscale_app", pool, as_broker, tmp_path, name=name, extra_args=args, env=env
-        )
-        started.append(worker)
-        return worker.start(as_app.app)
+        def run(pool: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Worker:
+            return workers.start(pool, f"as-{pool}-{os.urandom(3).hex()}", args=args, **(env or {}))
 
-    yield run
-    for worker in started:
-        worker.stop()
+        yield run
     as_app.app.control.purge()
 
 

@@ -236,12 +236,25 @@ def test_restore_messages(connection: kombu.Connection, queue_name: str) -> None
     got: list[Any] = []
     consumer = consumer_of(connection, queue, callbacks=[lambda body, message: got.append(message)])
     with connection.Producer() as producer:
-        producer.publish({"z": 3}, routing_key=queue_name, declare=[queue])
-    connection.drain_events(timeout=5)
-    assert got and channel.client.llen(queue_name) == 0
+        for z in (3, 4):
+            producer.publish({"z": z}, routing_key=queue_name, declare=[queue])
+    while len(got) < 2:
+        connection.drain_events(timeout=5)
+    assert channel.client.llen(queue_name) == 0
     consumer.task_consumer.cancel()
-    assert compat_kombu.restore_messages(consumer, [got[0].delivery_tag]) == 1, update(fn)
-    assert channel.client.llen(queue_name) == 1, update(fn)
+    mine, taken = (m.delivery_tag for m in got)
+
+    fn = "kombu.restore_held"  # with delivery leases: only what is still this worker's
+    restored: list[str] = []
+    hooks = SimpleNamespace(still_mine=lambda tag: tag == mine, restored=restored.append)
+    assert compat_kombu.restore_held(channel.qos, [mine, taken], hooks) == (1, []), update(fn)
+    assert channel.client.llen(queue_name) == 1 and restored == [mine], update(fn)
+    assert channel.client.hexists(channel.unacked_key, taken), update(fn)
+
+    fn = "kombu.restore_messages"  # without: every tag
+    assert compat_kombu.restore_messages(consumer, [mine, taken]) == 2, update(fn)  # mine: a no-op
+    assert channel.client.llen(queue_name) == 2, update(fn)
+    assert not channel.client.hexists(channel.unacked_key, taken), update(fn)
 
 
 def test_requeue_at_head_and_window_has_room(connection: kombu.Connection, queue_name: str) -> None:

@@ -7,7 +7,6 @@ loaded machine, and the measured figures are printed (`pytest -s`)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -15,12 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import Worker, wait_for
+from tests.conftest import Worker, session_app, wait_for, worker_set
 
 #: The lease ttl of these tests' workers (the default is 30 s).
 TTL = 3.0
@@ -35,32 +35,14 @@ KOMBU_LAST_RESORT = {
 }
 
 
-@pytest.fixture(scope="module")
-def dlv(redis_url: str) -> Any:
-    os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.apps.delivery_app")
+dlv = session_app("tests.apps.delivery_app")
 
 
 @pytest.fixture
 def start_worker(dlv: Any, redis_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[Worker] = []
-
-    def start(pool: str, name: str, concurrency: int, wait: bool = True, **env: str) -> Worker:
-        w = Worker(
-            "tests.apps.delivery_app",
-            pool,
-            redis_url,
-            tmp_path,
-            concurrency=concurrency,
-            name=name,
-            env={**KOMBU_LAST_RESORT, **env},
-        )
-        started.append(w.start(dlv.app) if wait else w.launch())
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+    """``start_worker(pool, name, concurrency, wait=True, **env)``: a worker of the delivery app."""
+    with worker_set(dlv, redis_url, tmp_path, env=KOMBU_LAST_RESORT) as workers:
+        yield workers.start
 
 
 def runs(dlv: Any, key: str) -> list[dict[str, Any]]:
@@ -102,6 +84,68 @@ def test_late_ack_of_a_taken_over_delivery_keeps_the_next_workers_delivery(redis
     assert redis_client.hexists(b.unacked_key, tag) and b.holder(tag) == "b"
     assert b.ack(tag) and not redis_client.hexists(b.unacked_key, tag)
     redis_client.delete(a.unacked_key, a.index_key, a.owners_key)
+
+
+@pytest.mark.parametrize("step", ["admission", "delivery"])
+def test_a_reconnect_restores_only_the_deliveries_still_this_workers(
+    redis_url: str, redis_client: Any, step: str
+) -> None:
+    """At a reconnect the admission gate (requests it dropped) and the delivery leases (held
+    messages) put messages back by delivery tag. A restored message keeps its tag: one kombu
+    restored when the channel closed may be another worker's delivery by now, under the same tag
+    (its owner record names that worker), and must not be pushed again."""
+    import kombu
+
+    from taskpool.compat.kombu import install_qos_hooks, unacked_keys
+    from taskpool.stores.deliveries import DeliveryLeases
+    from taskpool.worker import state
+    from taskpool.worker.admission import AdmissionStep
+    from taskpool.worker.delivery import DeliveryHooks, DeliveryKeeper, DeliveryStep
+
+    queue_name = f"restore-{os.urandom(4).hex()}"
+    connection = kombu.Connection(redis_url, transport_options={"visibility_timeout": 3600})
+    try:
+        channel = connection.default_channel
+        queue = kombu.Queue(queue_name, routing_key=queue_name)
+        got: list[Any] = []
+        task_consumer = connection.Consumer(queue, callbacks=[lambda body, message: got.append(message)])
+        task_consumer.consume()
+        consumer = SimpleNamespace(connection=connection, task_consumer=task_consumer)
+        leases = DeliveryLeases(redis_client, keyspace=queue_name, owner="w1", unacked=unacked_keys(channel))
+        keeper = DeliveryKeeper(DeliveryHooks(leases), ttl=30.0, visibility_timeout=3600.0)
+        keeper.channel = install_qos_hooks(consumer, keeper.hooks)
+        assert keeper.channel is channel
+        with connection.Producer() as producer:
+            for n in range(2):
+                producer.publish({"n": n}, routing_key=queue_name, declare=[queue])
+        while len(got) < 2:
+            connection.drain_events(timeout=5)
+        task_consumer.cancel()
+        mine, taken = (m.delivery_tag for m in got)
+        assert leases.holder(mine) == leases.holder(taken) == "w1"
+        assert redis_client.llen(queue_name) == 0
+        # kombu restored `taken` when the channel closed, and worker w2 took it: same tag, w2's now.
+        redis_client.hset(leases.owners_key, taken, "w2")
+
+        parent = SimpleNamespace(task_consumer=task_consumer)
+        restorer = AdmissionStep(parent) if step == "admission" else DeliveryStep(parent)
+        state.set_deliveries(parent, keeper)
+        keeper.start = lambda: None  # type: ignore[method-assign]  # no keeper thread here
+        restorer._to_restore = [mine, taken]
+        restorer.start(parent)
+        assert restorer._to_restore == []
+
+        [entry] = redis_client.lrange(queue_name, 0, -1)  # only `mine` went back on the queue
+        assert json.loads(entry)["properties"]["delivery_tag"] == mine
+        assert not redis_client.hexists(leases.unacked_key, mine) and leases.holder(mine) is None
+        assert redis_client.hexists(leases.unacked_key, taken) and leases.holder(taken) == "w2"
+        assert keeper.hooks.held() == []
+    finally:
+        redis_client.delete(queue_name, f"{queue_name}:deliveries:owners")
+        for message in got:
+            redis_client.hdel("unacked", message.delivery_tag)
+            redis_client.zrem("unacked_index", message.delivery_tag)
+        connection.release()
 
 
 def test_dead_workers_messages_run_again_within_the_lease_ttl_exactly_once(

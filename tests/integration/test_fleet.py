@@ -15,30 +15,20 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
 from taskpool.core.fleet import FleetPolicy
+from taskpool.core.names import fleet_worker_key
 from taskpool.ops.embedded import free_port
 from taskpool.ops.fleet import FleetController, LocalWorkers, running
 from taskpool.stores.fleet import FleetStore
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, app_on_db, wait_for
 
 POLICY = FleetPolicy("threads", min_workers=1, max_workers=4, buffer_workers=1, scaledown_window=5.0)
 
 
-@pytest.fixture(scope="module")
-def fleet_broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/5"
-
-
-@pytest.fixture(scope="module")
-def fleet_app(fleet_broker: str) -> Any:
-    with mock.patch.dict(os.environ, {"TASKPOOL_BROKER_URL": fleet_broker}):
-        import tests.apps.fleet_app as module
-    assert module.app.conf.broker_url == fleet_broker
-    return module
+fleet_app, fleet_broker = app_on_db("tests.apps.fleet_app", 5)
 
 
 @pytest.fixture
@@ -316,3 +306,19 @@ def test_the_signal_counts_work_that_left_the_redis_list(fleet_app: Any, local_w
     assert signal.queued < 12  # the list alone would undercount
     assert signal.capacity == 4 and signal.live == 1
     app.control.purge()
+
+
+def test_reports_leave_out_bad_json_and_prune_expired_ones(
+    redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FleetStore(redis_client, f"records-{os.getpid()}")
+    try:
+        for node in ("a", "b", "c"):
+            store.publish_report(node, {"pool": "threads", "node": node}, ttl=60)
+        redis_client.delete(fleet_worker_key(store.keyspace, "b"))  # expired
+        redis_client.set(fleet_worker_key(store.keyspace, "c"), b"not json")
+        assert store.reports() == {"a": {"pool": "threads", "node": "a"}}
+        assert {m.decode() for m in redis_client.smembers(store.keys["workers"])} == {"a", "c"}
+        assert "fleet report of c is not JSON" in caplog.text
+    finally:
+        redis_client.delete(*store.keys.values(), *(fleet_worker_key(store.keyspace, n) for n in "abc"))

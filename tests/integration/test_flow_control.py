@@ -7,9 +7,7 @@ promises; a task's own start follows it by the dispatch time.
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import json
 import os
 import re
 import socket
@@ -23,38 +21,20 @@ import pytest
 from taskpool.core.errors import ConfigurationError
 from taskpool.stores.queues import queue_depth
 from taskpool.stores.semaphores import Semaphore, holders_of
-from tests.conftest import Worker, taskpool_cli, wait_for
+from tests.conftest import Worker, most_at_once, records, session_app, taskpool_cli, wait_for, worker_set
 
-
-@pytest.fixture(scope="module")
-def flow(redis_url: str) -> Any:
-    os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.apps.flow_app")
+flow = session_app("tests.apps.flow_app")
 
 
 @pytest.fixture
 def start_worker(flow: Any, redis_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[Worker] = []
+    """``start_worker(name, concurrency, pool="threads", **env)``: a worker of the flow app, ready."""
+    with worker_set(flow, redis_url, tmp_path) as workers:
 
-    def start(name: str, concurrency: int, pool: str = "threads", **env: str) -> Worker:
-        w = Worker(
-            "tests.apps.flow_app", pool, redis_url, tmp_path, concurrency=concurrency, name=name, env=env
-        )
-        started.append(w.start(flow.app))
-        return w
+        def start(name: str, concurrency: int, pool: str = "threads", **env: str) -> Worker:
+            return workers.start(pool, name, concurrency, **env)
 
-    yield start
-    for w in started:
-        w.stop()
-
-
-def records(flow: Any, key: str, n: int, timeout: float = 60) -> list[dict[str, Any]]:
-    wait_for(lambda: flow.app.redis.llen(key) >= n, timeout, what=f"{n} records under {key}")
-    return [json.loads(x) for x in flow.app.redis.lrange(key, 0, -1)]
-
-
-def most_at_once(entries: list[dict[str, Any]]) -> int:
-    return max(sum(1 for e in entries if e["start"] <= t["start"] < e["end"]) for t in entries)
+        yield start
 
 
 def most_in_a_second(times: list[float]) -> int:

@@ -8,7 +8,6 @@ checks read those records, never this test's clock around the client.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from taskpool.stores.limits import LimitStore
-from tests.conftest import Worker, taskpool_cli, wait_for
+from tests.conftest import Worker, most_at_once, session_app, taskpool_cli, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,10 +34,7 @@ pytestmark = [
 SLACK = 1.2
 
 
-@pytest.fixture(scope="module")
-def lim(redis_url: str) -> Any:
-    os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.apps.limits_app")
+lim = session_app("tests.apps.limits_app")
 
 
 @pytest.fixture
@@ -86,10 +82,6 @@ def by(entries: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, An
     for e in sorted(entries, key=lambda e: e["start"]):
         groups.setdefault(e[field], []).append(e)
     return groups
-
-
-def most_at_once(entries: list[dict[str, Any]]) -> int:
-    return max(sum(1 for e in entries if e["start"] <= t["start"] < e["end"]) for t in entries)
 
 
 def assert_ran_once_each(entries: list[dict[str, Any]], n: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -17,38 +16,16 @@ import redis
 
 from taskpool.ops.embedded import RedisServer
 from taskpool.stores.semaphores import Semaphore
-from tests.conftest import Worker, taskpool_cli, wait_for
+from tests.conftest import Worker, most_at_once, records, session_app, taskpool_cli, wait_for, worker_set
 
-
-@pytest.fixture(scope="module")
-def lim(redis_url: str) -> Any:
-    os.environ["TASKPOOL_BROKER_URL"] = redis_url
-    return importlib.import_module("tests.apps.limits_app")
+lim = session_app("tests.apps.limits_app")
 
 
 @pytest.fixture
 def start_worker(lim: Any, redis_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[Worker] = []
-
-    def start(pool: str, name: str, concurrency: int, **env: str) -> Worker:
-        w = Worker(
-            "tests.apps.limits_app", pool, redis_url, tmp_path, concurrency=concurrency, name=name, env=env
-        )
-        started.append(w.start(lim.app))
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
-
-
-def records(lim: Any, key: str, n: int, timeout: float = 60) -> list[dict[str, Any]]:
-    wait_for(lambda: lim.app.redis.llen(key) >= n, timeout, what=f"{n} records under {key}")
-    return [json.loads(x) for x in lim.app.redis.lrange(key, 0, -1)]
-
-
-def most_at_once(entries: list[dict[str, Any]]) -> int:
-    return max(sum(1 for e in entries if e["start"] <= t["start"] < e["end"]) for t in entries)
+    """``start_worker(pool, name, concurrency, **env)``: a worker of the limits app, ready."""
+    with worker_set(lim, redis_url, tmp_path) as workers:
+        yield workers.start
 
 
 def test_max_in_flight_caps_a_task_while_other_tasks_keep_running(lim: Any, start_worker: Any) -> None:

@@ -7,6 +7,7 @@ import time
 
 import redis
 
+from taskpool.compat.kombu import restore_held
 from taskpool.worker.delivery import RETRY_EVERY, DeliveryHooks, DeliveryKeeper
 
 
@@ -20,6 +21,7 @@ class Leases:
         self.down = False
         self.calls: list[str] = []
         self.acked: list[str] = []
+        self.holders: dict[str, str | None] = {}
 
     def _maybe_down(self, name: str) -> None:
         self.calls.append(name)
@@ -37,6 +39,14 @@ class Leases:
 
     def claim(self, ttl: float, limit: int) -> list[tuple[str, str]]:
         return []
+
+    def holder(self, tag: str) -> str | None:
+        self._maybe_down("holder")
+        return self.holders.get(tag, self.owner)
+
+    def forget(self, tag: str) -> bool:
+        self.calls.append(f"forget {tag}")
+        return True
 
 
 class Pipe:
@@ -65,3 +75,37 @@ def test_the_keeper_retries_once_a_second_while_redis_is_down() -> None:
     keeper.stop()
     # at 0, 1 and 2 s; a busy loop made ~250 calls
     assert 2 <= leases.calls.count("refresh") <= 4, leases.calls
+
+
+class QoS:
+    """Stands in for kombu's Redis QoS (not hooked): records restores, fails the tags in ``broken``."""
+
+    def __init__(self, broken: frozenset[str] | set[str] = frozenset()) -> None:
+        self.broken = broken
+        self.restored: list[str] = []
+
+    def restore_by_tag(self, tag: str) -> None:
+        if tag in self.broken:
+            raise redis.ConnectionError("Redis is down")
+        self.restored.append(tag)
+
+
+def test_restore_after_a_reconnect_puts_back_only_the_deliveries_still_this_workers() -> None:
+    leases = Leases()
+    hooks = DeliveryHooks(leases)  # type: ignore[arg-type]
+    for tag in "abcde":
+        hooks.appended(Pipe(), tag)
+    leases.holders = {"b": "w2", "d": None}  # b: another worker's now; d: nobody's (kombu restored it)
+    qos = QoS(broken={"e"})
+    restored, failed = restore_held(qos, list("abcde"), hooks)
+    assert restored == 2 and qos.restored == ["c", "a"]  # each to the head: the order is kept
+    assert [tag for tag, _exc in failed] == ["e"]
+    assert hooks.held() == ["e"]  # the others restored (and forgotten) or not this worker's
+    assert "forget a" in leases.calls and "forget b" not in leases.calls
+
+
+def test_restore_without_delivery_leases_puts_back_every_tag() -> None:
+    qos = QoS(broken={"b"})
+    restored, failed = restore_held(qos, ["a", "b", "c"])
+    assert restored == 2 and qos.restored == ["c", "a"] and [t for t, _e in failed] == ["b"]
+    assert restore_held(object(), ["a"]) == (0, [])  # no restore_by_tag: a broker that redelivers

@@ -21,6 +21,7 @@ from taskpool.core.errors import ConfigurationError, TaskpoolError
 from taskpool.core.fleet import FLEET_OPTIONS, FleetPolicy
 from taskpool.core.settings import BROKER_URL_ENV, POOLS, fleet_port, fleet_settings
 from taskpool.ops.cli.common import app_option, console, id_column, load_app, safe, show
+from taskpool.ops.launcher import alive
 
 #: The policy of each pool under ``taskpool up --fleet`` when neither Redis nor the environment
 #: gives one.
@@ -172,20 +173,6 @@ def run_local_fleet(
         signal.signal(signal.SIGTERM, previous)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
-    with contextlib.suppress(OSError, IndexError):
-        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- taskpool fleet ... ----------------------------------------------------------------------------
 @click.group()
 def fleet() -> None:
@@ -255,7 +242,7 @@ def drain(app_path: str, node: str | None, wait_: float) -> None:
     console.print(f"draining {', '.join(nodes)}")
     deadline = time.monotonic() + wait_
     while time.monotonic() < deadline:
-        left = [n for n in nodes if n in store.reports()] + [f"pid {p}" for p in pids if _alive(p)]
+        left = [n for n in nodes if n in store.reports()] + [f"pid {p}" for p in pids if alive(p)]
         if not left:
             console.print("drained")
             return
