@@ -458,6 +458,7 @@ class Gate:
     # -- the waiter thread -------------------------------------------------------------
     def _wait_loop(self) -> None:
         while not self._stopping.is_set():
+            self.holdings.flush_abandoned()
             with self._lock:
                 waiting = list(self._waiting)
             if not waiting:
@@ -665,7 +666,7 @@ class Gate:
             self._handing.clear()
             self._held_extra = 0  # lent on the old channel's QoS; the new connection has its own
         for request in dropped:
-            self.holdings.leave(state.admission_key(request))
+            self.holdings.abandon(state.admission_key(request))  # the waiter thread leaves the lines
             self.release(state.admission_key(request))
         if dropped:
             self.stats["dropped_at_reconnect"] = self.stats.get("dropped_at_reconnect", 0) + len(dropped)
@@ -710,6 +711,7 @@ class Gate:
             waiting = [w.request for w in self._waiting]
         for request in waiting:
             self.holdings.leave(state.admission_key(request))
+        self.holdings.flush_abandoned()
         for key in self.holdings.delivery_keys():
             self.release(key)
         if self.board is not None:

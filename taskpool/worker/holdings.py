@@ -87,6 +87,7 @@ class Holdings:
         self._semaphores: dict[str, Semaphore] = {}
         self._held: dict[str, Held] = {}  # admission key -> leases
         self._queued: dict[str, Queued] = {}  # admission key -> its places in line (it waits)
+        self._abandoned: list[tuple[str, Queued]] = []  # places to give up off the event loop
         self._next_refresh = 0.0
         self._lock = threading.Lock()
 
@@ -212,6 +213,25 @@ class Holdings:
                 sem.leave([waiter])
             except redis.RedisError:
                 logger.warning("taskpool: could not leave the queue of %s; the place expires", sem.name)
+
+    def abandon(self, key: str) -> None:
+        """Like :meth:`leave`, without a Redis call now (at a connection loss, where Redis may
+        not answer): :meth:`flush_abandoned`, on the waiter thread, gives the places up."""
+        with self._lock:
+            queued = self._queued.pop(key, None)
+            if queued is not None:
+                self._abandoned.append((self.waiter(key), queued))
+
+    def flush_abandoned(self) -> None:
+        """Give up the places of abandoned deliveries (those Redis cannot forget now lapse)."""
+        with self._lock:
+            abandoned, self._abandoned = self._abandoned, []
+        for waiter, queued in abandoned:
+            for sem in queued.semaphores.values():
+                try:
+                    sem.leave([waiter])
+                except redis.RedisError:
+                    logger.debug("taskpool: could not leave the line of %s; the place lapses", sem.name)
 
     def refresh_queued(self) -> None:
         """Keep the places of the waiting deliveries (every third of :data:`QUEUE_TTL`)."""

@@ -113,3 +113,16 @@ def test_places_of_waiting_requests_outlive_the_queue_ttl_while_refreshed(
     time.sleep(0.5)  # its worker stopped refreshing (died): the place lapses
     probe.try_acquire_or_free("probe")
     assert line(client, keyspace, shared) == []
+
+
+def test_an_abandoned_request_gives_up_its_places_off_the_event_loop(
+    workers: tuple[Holdings, Holdings, str], client: Any
+) -> None:
+    w1, w2, keyspace = workers
+    shared = need("abandon", 1)
+    assert not isinstance(w1.take("a#1", "a", [shared]), Wait)
+    assert isinstance(w2.take("b#1", "b", [shared]), Wait)
+    w2.abandon("b#1")  # a connection loss dropped it: no Redis call yet
+    assert line(client, keyspace, shared) == [("w2@h:2|b#1", 1)]
+    w2.flush_abandoned()  # the waiter thread's next turn
+    assert line(client, keyspace, shared) == []
