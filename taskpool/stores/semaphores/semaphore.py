@@ -41,7 +41,7 @@ QUEUE_LUA = _script("queue.lua")
 #: Seconds a waiter keeps its place in a semaphore's queue unless its worker refreshes it (a
 #: worker that died stops holding up the waiters behind its own after this long).
 QUEUE_TTL = 10.0
-#: The capacity a reader that does not know it passes to reap.lua (the wake list is not trimmed).
+#: The capacity a reader that does not know it passes to reap.lua (it wakes the first 1000 in line).
 UNKNOWN_CAPACITY = 2**31 - 1
 
 
@@ -171,7 +171,7 @@ class Semaphore:
         ttl: lease length in seconds; holders renew every ``ttl / 3`` (see :class:`LeaseKeeper`).
         keyspace: first part of every key.
         poll_interval: longest a blocked :meth:`acquire` sleeps without a wake-up before it
-            tries again: a safety net, since releases wake waiters through the wake list. A
+            tries again: a safety net, since releases wake waiters through their wake lists. A
             wait is also capped at half the client's ``socket_timeout``.
         queue_ttl: seconds a refused waiter keeps its place in line unless it tries again or
             is refreshed (:meth:`refresh_waiters`); a waiter that vanished holds up no one longer.
