@@ -216,26 +216,27 @@ class TaskPool(Celery):
         semaphores with their lines and wake lists, rates, limit sizes, dead letters, peer
         records and fleet reports. One per process (a forked child makes its own). On a
         ``redis+cluster://`` state URL it is a ``redis.cluster.RedisCluster``."""
-        options = dict(self.conf.broker_transport_options or {})
-        if self.settings.state_is_apart:  # the state's own sentinels elect the same master name
-            options["master_name"] = self.settings.sentinel_master
-        return self._client(self.settings.redis_url, options)
+        return self._client(self.settings.redis_url, state=True)
 
     @property
     def broker_redis(self) -> Redis:
         """A client of the broker's Redis, for what lives among kombu's keys: queue depths,
         delivery leases (with kombu's ``unacked`` keys). The same client as :attr:`redis` unless
         the state has a Redis of its own."""
-        return self._client(self.settings.broker_url, self.conf.broker_transport_options)
+        return self._client(self.settings.broker_url, state=False)
 
-    def _client(self, url: str, options: Any) -> Redis:
+    def _client(self, url: str, *, state: bool) -> Redis:
         pid = os.getpid()
         if self._redis is None or self._redis[0] != pid:
             self._redis = (pid, {})
         clients = self._redis[1]
-        if url not in clients:
-            clients[url] = redis_client(url, options)  # options: master_name of a sentinel:// URL
-        return clients[url]
+        client = clients.get(url)
+        if client is None:
+            options = dict(self.conf.broker_transport_options or {})  # master_name of a sentinel:// URL
+            if state and self.settings.state_is_apart:  # the state's sentinels: the configured name
+                options["master_name"] = self.settings.sentinel_master
+            client = clients[url] = redis_client(url, options)
+        return client
 
     @property
     def dead_letters(self) -> DeadLetterStore:

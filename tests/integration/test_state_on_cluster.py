@@ -183,3 +183,12 @@ def test_a_failed_tasks_dead_letter_lands_on_the_cluster(
     assert listing.returncode == 0, listing.stderr
     (letter,) = [d for d in store.list() if d.task_id == result.id]
     assert letter.id in listing.stdout
+
+
+def test_an_unreachable_cluster_state_is_one_line_naming_both_urls_password_masked(broker_url: str) -> None:
+    env = {"TASKPOOL_BROKER_URL": broker_url, "TASKPOOL_STATE_URL": "redis+cluster://:hunter2@127.0.0.1:1"}
+    done = taskpool_cli("tests.apps.cluster_state_app", "slots", env=env)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+    assert "the state's Redis at redis+cluster://:**@127.0.0.1:1" in " ".join(done.stderr.split())
+    assert "TASKPOOL_STATE_URL" in done.stderr
