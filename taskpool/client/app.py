@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 from celery.utils.imports import symbol_by_name
+from redis import Redis
 
 from taskpool.client.routing import Router, pool_of_worker, queues
 from taskpool.client.task import TaskpoolTask, make_run
@@ -120,7 +121,7 @@ class TaskPool(Celery):
         self.conf.update(conf)
         #: The taskpool pool this process serves as a worker (None outside workers).
         self.worker_pool: str | None = None
-        self._redis: tuple[int, redis.Redis] | None = None
+        self._redis: tuple[int, dict[str, redis.Redis]] | None = None
         self.steps["consumer"].update(CONSUMER_STEPS)
         self.steps["worker"].update(WORKER_STEPS)
         signals.celeryd_init.connect(self._on_celeryd_init, weak=False)
@@ -211,12 +212,31 @@ class TaskPool(Celery):
     # -- taskpool's own Redis ----------------------------------------------------------
     @property
     def redis(self) -> redis.Redis:
-        """A client of taskpool's Redis, one per process (a forked child makes its own)."""
+        """A client of taskpool's state (``TASKPOOL_STATE_URL``, else the broker's Redis): the
+        semaphores with their lines and wake lists, rates, limit sizes, dead letters, peer
+        records and fleet reports. One per process (a forked child makes its own). On a
+        ``redis+cluster://`` state URL it is a ``redis.cluster.RedisCluster``."""
+        return self._client(self.settings.redis_url, state=True)
+
+    @property
+    def broker_redis(self) -> Redis:
+        """A client of the broker's Redis, for what lives among kombu's keys: queue depths,
+        delivery leases (with kombu's ``unacked`` keys). The same client as :attr:`redis` unless
+        the state has a Redis of its own."""
+        return self._client(self.settings.broker_url, state=False)
+
+    def _client(self, url: str, *, state: bool) -> Redis:
         pid = os.getpid()
         if self._redis is None or self._redis[0] != pid:
-            options = self.conf.broker_transport_options  # master_name of a sentinel:// URL
-            self._redis = (pid, redis_client(self.settings.redis_url, options))
-        return self._redis[1]
+            self._redis = (pid, {})
+        clients = self._redis[1]
+        client = clients.get(url)
+        if client is None:
+            options = dict(self.conf.broker_transport_options or {})  # master_name of a sentinel:// URL
+            if state and self.settings.state_is_apart:  # the state's sentinels: the configured name
+                options["master_name"] = self.settings.sentinel_master
+            client = clients[url] = redis_client(url, options)
+        return client
 
     @property
     def dead_letters(self) -> DeadLetterStore:

@@ -23,6 +23,7 @@ from typing import Any
 from celery.app import defaults as celery_defaults
 from celery.utils.serialization import strtobool
 
+from taskpool.core.cluster import is_cluster_url, masked_cluster_url, parse_cluster_url, with_cluster_password
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.policy import parse_bounds
 from taskpool.core.sentinel import (
@@ -82,6 +83,10 @@ class Settings:
 
     Attributes:
         broker_url: Redis URL of the broker (``TASKPOOL_BROKER_URL``).
+        state_url: Redis URL of taskpool's state: semaphores and their lines, rates, limit sizes,
+            dead letters, peer records, fleet reports (``TASKPOOL_STATE_URL``); the broker's
+            Redis when unset. Also ``redis+cluster://host:port[,host:port...]`` (a Redis Cluster,
+            ``rediss+cluster://`` with TLS), which the broker cannot be.
         result_backend: result backend URL; the broker's Redis when unset.
         default_pool: pool of tasks that do not name one (``TASKPOOL_DEFAULT_POOL``).
         queue_prefix: queue of pool P is ``<queue_prefix><P>`` (``TASKPOOL_QUEUE_PREFIX``).
@@ -106,6 +111,7 @@ class Settings:
 
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str | None = None
+    state_url: str | None = None
     default_pool: str = "prefork"
     queue_prefix: str = "taskpool."
     keyspace: str = "taskpool"
@@ -123,21 +129,30 @@ class Settings:
             raise ConfigurationError(
                 f"setting default_pool: expected one of {', '.join(POOLS)}, got {self.default_pool!r}"
             )
+        if is_cluster_url(self.broker_url):
+            raise ConfigurationError(
+                f"setting broker_url: the broker cannot be a Redis Cluster (kombu's Redis transport "
+                f"does not support it), got {mask_url(self.broker_url)!r}; keep the broker on one Redis "
+                "(or Sentinel) and put taskpool's state on the Cluster with TASKPOOL_STATE_URL"
+            )
         if not self.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise ConfigurationError(
                 f"setting broker_url: taskpool needs a Redis broker (redis://, rediss://, unix:// or "
                 f"sentinel://), got {mask_url(self.broker_url)!r}"
             )
-        for name in ("broker_url", "result_backend"):
+        if self.state_url:
+            self._check_state_url(self.state_url)
+        for name in ("broker_url", "result_backend", "state_url"):
             url = getattr(self, name)
             if url and is_sentinel_url(url):
                 try:
                     parse_sentinel_url(url)
                 except ConfigurationError as exc:
-                    raise ConfigurationError(f"setting {name}: {exc}") from None
+                    raise ConfigurationError(f"setting {_label(name)}: {exc}") from None
                 if not self.sentinel_master:
                     raise ConfigurationError(
-                        f"setting {name} is a sentinel:// URL: TASKPOOL_SENTINEL_MASTER must name the master"
+                        f"setting {_label(name)} is a sentinel:// URL: "
+                        "TASKPOOL_SENTINEL_MASTER must name the master"
                     )
         if not self.lease_ttl >= 0.1:
             raise ConfigurationError(f"setting lease_ttl: must be >= 0.1 seconds, got {self.lease_ttl!r}")
@@ -165,17 +180,36 @@ class Settings:
                 f"setting visibility_timeout: must be > 0 seconds, got {self.visibility_timeout!r}"
             )
 
+    @staticmethod
+    def _check_state_url(url: str) -> None:
+        where = f"setting state_url (TASKPOOL_STATE_URL={mask_url(url)!r})"
+        if is_cluster_url(url):
+            try:
+                parse_cluster_url(url)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}: {exc}") from None
+        elif not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+            raise ConfigurationError(
+                f"{where}: expected a Redis URL: redis://, rediss://, unix://, sentinel:// or a Redis "
+                "Cluster's redis+cluster://host:port[,host2:port2...] (rediss+cluster:// with TLS)"
+            )
+
     def __repr__(self) -> str:  # the URLs' passwords masked: a repr ends up in logs
         fields = ", ".join(
-            f"{name}={mask_url(value) if name in ('broker_url', 'result_backend') and value else value!r}"
+            f"{name}={mask_url(value) if name in _URL_FIELDS and value else value!r}"
             for name, value in vars(self).items()
         )
         return f"Settings({fields})"
 
     @property
     def redis_url(self) -> str:
-        """Where taskpool keeps its own keys (dead letters): the broker's Redis."""
-        return self.broker_url
+        """Where taskpool keeps its own keys (its state): ``state_url``, else the broker's Redis."""
+        return self.state_url or self.broker_url
+
+    @property
+    def state_is_apart(self) -> bool:
+        """Whether the state has a Redis of its own (a ``state_url`` other than the broker's)."""
+        return bool(self.state_url) and self.state_url != self.broker_url
 
     def queue_for(self, pool: str, gpu: bool = False) -> str:
         """Queue of a pool's tasks; tasks that need GPU slots have their own (``<queue>.gpu``),
@@ -209,8 +243,9 @@ class Settings:
         if password:
             # A password kept apart from the URLs (compose reads it from a git-ignored env file).
             values["broker_url"] = with_password(values.get("broker_url", DEFAULT_BROKER_URL), password)
-            if values.get("result_backend"):
-                values["result_backend"] = with_password(values["result_backend"], password)
+            for name in ("result_backend", "state_url"):
+                if values.get(name):
+                    values[name] = with_password(values[name], password)
         return cls(**values)
 
 
@@ -218,6 +253,7 @@ class Settings:
 TASKPOOL_SETTINGS: dict[str, Any] = {
     "broker_url": str,
     "result_backend": str,
+    "state_url": str,
     "default_pool": str,
     "queue_prefix": str,
     "keyspace": str,
@@ -230,6 +266,15 @@ TASKPOOL_SETTINGS: dict[str, Any] = {
     "result_args_max_size": int,
     "sentinel_master": str,
 }
+
+
+def _label(name: str) -> str:
+    """A setting's name in an error: ``state_url`` also by its variable (it has no Celery twin)."""
+    return f"{name} ({ENV_PREFIX}{name.upper()})" if name == "state_url" else name
+
+
+#: Settings holding a URL (masked in a repr).
+_URL_FIELDS = ("broker_url", "result_backend", "state_url")
 # TASKPOOL_CONFIG is the documented name of config_module.
 _ENV_ALIASES = {"CONFIG": "config_module"}
 _CELERY_OPTIONS = dict(celery_defaults.flatten(celery_defaults.NAMESPACES))
@@ -440,6 +485,8 @@ def mask_url(url: str) -> str:
 
     if is_sentinel_url(url):  # one URL per sentinel, each masked
         return ";".join(str(maybe_sanitize_url(part)) for part in url.split(";"))
+    if is_cluster_url(url):  # several host:port pairs: not a URL urllib can parse
+        return masked_cluster_url(url)
     return str(maybe_sanitize_url(url))
 
 
@@ -449,6 +496,8 @@ def with_password(url: str, password: str) -> str:
 
     if is_sentinel_url(url):
         return with_sentinel_password(url, password)
+    if is_cluster_url(url):
+        return with_cluster_password(url, password)
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or parts.password:
         return url

@@ -201,7 +201,7 @@ class FleetController:
         """pool -> (its signal, slots per worker)."""
         queues = {p: self.queues_of(p) for p in self.pools}
         depths = queue_depths(
-            self.app.redis, [q for qs in queues.values() for q in qs], keyprefix=self._keyprefix
+            self.app.broker_redis, [q for qs in queues.values() for q in qs], keyprefix=self._keyprefix
         )
         out = {}
         for pool in self.pools:

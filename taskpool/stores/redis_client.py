@@ -1,20 +1,28 @@
 """Clients of taskpool's own Redis (semaphores, dead letters, delivery leases, the CLI, the
-autoscaler's probes) for ``redis://``, ``rediss://``, ``unix://`` and Redis Sentinel URLs.
+autoscaler's probes) for ``redis://``, ``rediss://``, ``unix://``, Redis Sentinel URLs and, for
+the state only (``TASKPOOL_STATE_URL``), Redis Cluster URLs.
 
 A ``sentinel://`` URL (:mod:`taskpool.core.sentinel`) gives a client of the master the sentinels
 name for ``master_name`` (taken from the transport options, as kombu and Celery do): redis-py's
 ``Sentinel.master_for``, whose connections ask the sentinels again after a failover, so the same
 client follows the promoted replica.
+
+A ``redis+cluster://host:port[,host2:port2]`` URL (:mod:`taskpool.core.cluster`) gives a
+``redis.cluster.RedisCluster`` seeded with those nodes. It is returned under the type of
+``redis.Redis``: taskpool's state stores use only the commands both share, and the places that
+must differ (the gate's BLPOP, rates across slots) test ``isinstance(client, RedisCluster)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
+from taskpool.core.cluster import is_cluster_url, parse_cluster_url
 from taskpool.core.errors import ConfigurationError
 from taskpool.core.sentinel import is_sentinel_url, parse_sentinel_url
 
@@ -26,8 +34,21 @@ def redis_client(url: str, transport_options: Mapping[str, Any] | None = None, *
 
     Raises:
         ConfigurationError: a sentinel URL without ``master_name`` in ``transport_options``, or a
-            malformed sentinel URL.
+            malformed sentinel or cluster URL.
+        redis.exceptions.RedisClusterException: no seed node of a cluster URL answered (redis-py
+            asks the Cluster for its slots when the client is made).
     """
+    if is_cluster_url(url):
+        cluster = parse_cluster_url(url)
+        connection = dict(kwargs)
+        if cluster.password is not None:
+            connection.setdefault("password", cluster.password)
+        if cluster.username is not None:
+            connection.setdefault("username", cluster.username)
+        if cluster.ssl:
+            connection.setdefault("ssl", True)
+        nodes = [ClusterNode(host, port) for host, port in cluster.nodes]
+        return cast(redis.Redis, RedisCluster(startup_nodes=nodes, **connection))
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **kwargs)
     options = dict(transport_options or {})

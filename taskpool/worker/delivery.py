@@ -281,7 +281,7 @@ class DeliveryStep(bootsteps.StartStopStep):
             app = c.app
             owner = f"{c.hostname}/{os.getpid()}/{secrets.token_hex(3)}"
             leases = DeliveryLeases(
-                app.redis,
+                app.broker_redis,  # kombu's unacked keys: the broker's Redis, never the state's
                 keyspace=app.settings.keyspace,
                 owner=owner,
                 keyprefix=queue_keyprefix(app.conf.broker_transport_options),

@@ -219,7 +219,7 @@ class WorkerCollector:
         import redis
 
         app = self.worker.app
-        client = getattr(app, "redis", None)
+        client = getattr(app, "broker_redis", None)  # queues are kombu's lists
         if client is None or not queues:
             return None
         try:

@@ -111,7 +111,9 @@ def check_queue(task: TaskpoolTask, queues: dict[str, Any], count: int) -> None:
     if limit <= 0:
         return
     names = sorted(queues)
-    depths = queue_depths(app.redis, names, keyprefix=queue_keyprefix(app.conf.broker_transport_options))
+    depths = queue_depths(
+        app.broker_redis, names, keyprefix=queue_keyprefix(app.conf.broker_transport_options)
+    )
     for name in names:
         length = depths[name]
         if length >= limit:

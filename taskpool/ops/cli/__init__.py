@@ -35,23 +35,44 @@ __all__ = [
     "unreachable_message",
 ]
 
-#: What an unreachable or refusing broker raises: redis-py directly, kombu (Celery's control).
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError, ConnectionError)
+#: What an unreachable or refusing broker raises: redis-py directly, kombu (Celery's control); a
+#: Redis Cluster state none of whose seed nodes answers: redis-py's RedisClusterException.
+UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+    redis.exceptions.RedisClusterException,
+)
 DEBUG_KEY = "taskpool.debug"
 
 
-def unreachable_message(command: str, url: str | None, exc: BaseException) -> str:
-    """One line: what failed, where (password masked), what to check."""
+def unreachable_message(
+    command: str, url: str | None, exc: BaseException, state_url: str | None = None
+) -> str:
+    """One line: what failed, where (passwords masked), what to check. ``state_url``: the state's
+    Redis when it is not the broker's (``TASKPOOL_STATE_URL``)."""
     where = f"Redis at {safe(url)}" if url else "the broker"
+    check = "TASKPOOL_BROKER_URL (else the app's broker_url) names it"
+    if state_url and state_url != url:
+        where = f"the broker at {safe(url)} or the state's Redis at {safe(state_url)}" if url else where
+        check = "TASKPOOL_BROKER_URL and TASKPOOL_STATE_URL name them"
     detail = " ".join(str(exc).split()) or type(exc).__name__
-    password = urlsplit(url).password if url else None
-    if password:
-        detail = detail.replace(password, "**")
+    for each in (url, state_url):
+        password = _password(each) if each else None
+        if password:
+            detail = detail.replace(password, "**")
     return (
         f"{command}: cannot reach {where} ({detail}). Check that Redis runs there and that "
-        "TASKPOOL_BROKER_URL (else the app's broker_url) names it; `taskpool up` starts one. "
-        "`taskpool --debug ...` shows the traceback."
+        f"{check}; `taskpool up` starts one. `taskpool --debug ...` shows the traceback."
     )
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url.split(";")[0].split(",")[0]).password
+    except ValueError:
+        return None
 
 
 class Main(click.Group):
@@ -64,9 +85,10 @@ class Main(click.Group):
             if ctx.meta.get(DEBUG_KEY):
                 raise
             app = ctx.meta.get(APP_KEY)
-            url = app.settings.redis_url if app is not None else env_broker_url()
+            url = app.settings.broker_url if app is not None else env_broker_url()
+            state = app.settings.redis_url if app is not None else None
             command = ctx.meta.get(COMMAND_KEY, ctx.command_path)
-            raise click.ClickException(unreachable_message(command, url, exc)) from None
+            raise click.ClickException(unreachable_message(command, url, exc, state)) from None
 
 
 @click.group(cls=Main)

@@ -198,7 +198,8 @@ def controller(app_path: str, pools: tuple[str, ...], port: int, address: str) -
     from taskpool.ops.stack import declared_pools
 
     app = load_app(app_path)
-    app.redis.ping()
+    app.broker_redis.ping()  # queue depths
+    app.redis.ping()  # reports, policies, decisions
     chosen = list(pools) or declared_pools(app)[0]
     try:
         defaults = {p: default_policy(p) for p in chosen}

@@ -27,6 +27,7 @@ def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> 
     """Workers by pool (concurrency, in flight), queue depths, slots and limits in use, dead letters."""
     app = load_app(app_path)
     if as_json:
+        app.broker_redis.ping()
         app.redis.ping()
         click.echo(json.dumps(status_document(app, timeout), indent=2, sort_keys=True))
         return
@@ -34,11 +35,14 @@ def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> 
     chosen = "-A" if source == click.core.ParameterSource.COMMANDLINE else (
         "TASKPOOL_APP" if env_app_path() else "the default; -A or TASKPOOL_APP picks another"
     )  # fmt: skip
-    client = app.redis
-    client.ping()  # fail fast, before Celery's broadcast retries an unreachable broker
-    console.print(
-        f"app [bold]{app_path}[/] ({chosen}), Redis at {safe(app.settings.redis_url)}", soft_wrap=True
-    )
+    client = app.redis  # the state: semaphores, limits, dead letters
+    broker = app.broker_redis  # kombu's queues
+    broker.ping()  # fail fast, before Celery's broadcast retries an unreachable broker
+    client.ping()
+    where = f"Redis at {safe(app.settings.broker_url)}"
+    if app.settings.state_is_apart:
+        where = f"broker at {safe(app.settings.broker_url)}, state at {safe(app.settings.redis_url)}"
+    console.print(f"app [bold]{app_path}[/] ({chosen}), {where}", soft_wrap=True)
     stats = app.control.inspect(timeout=timeout).stats() or {}
     workers = Table(
         id_column("pool"),
@@ -86,7 +90,7 @@ def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> 
     for pool in POOLS:
         for gpu in (False, True):
             name = app.settings.queue_for(pool, gpu=gpu)
-            depth = queue_depth(client, name, keyprefix=keyprefix)
+            depth = queue_depth(broker, name, keyprefix=keyprefix)
             nodes = sorted(n for _, n, tp, _ in rows if name in (tp.get("queues") or ()))
             if depth and name not in consumed:
                 orphans.append((name, depth, pool, gpu))
@@ -105,11 +109,11 @@ def status(ctx: click.Context, app_path: str, timeout: float, as_json: bool) -> 
     sizes = store.all()
     sems = Table(id_column("semaphore"), "size", "in use", "holders")
     sems.title = "slots and limits"
-    in_redis = semaphore_names(app.redis, app.settings.keyspace)
+    in_redis = semaphore_names(client, app.settings.keyspace)
     freed: list[tuple[str, HolderInfo]] = []
     for name in in_redis:
-        freed += [(name, h) for h in reap_expired(app.redis, name, app.settings.keyspace)]
-        held = holders_of(app.redis, name, app.settings.keyspace)
+        freed += [(name, h) for h in reap_expired(client, name, app.settings.keyspace)]
+        held = holders_of(client, name, app.settings.keyspace)
         kind, rest = names.kind_of(name)
         size = sizes.get(rest) if kind == names.LIMIT else None
         if kind == names.LIMIT and size is None:
@@ -136,7 +140,8 @@ def status_document(app: Any, timeout: float) -> dict[str, Any]:
     ``size``, ``in_use``, ``holders``), ``dead_letters`` (count). It only reads: expired slots
     are not freed here (plain `taskpool status` does that).
     """
-    client = app.redis
+    client = app.redis  # the state
+    broker = app.broker_redis  # kombu's queues
     stats = app.control.inspect(timeout=timeout).stats() or {}
     workers: dict[str, dict[str, Any]] = {
         node: {
@@ -152,7 +157,7 @@ def status_document(app: Any, timeout: float) -> dict[str, Any]:
         for gpu in (False, True):
             name = app.settings.queue_for(pool, gpu=gpu)
             queues[name] = {
-                "depth": queue_depth(client, name, keyprefix=keyprefix),
+                "depth": queue_depth(broker, name, keyprefix=keyprefix),
                 "consumed_by": [n for n, w in workers.items() if name in (w["taskpool"].get("queues") or ())],
             }
     sizes = LimitStore(client, app.settings.keyspace).all()
