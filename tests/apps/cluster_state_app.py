@@ -7,13 +7,11 @@ through ``app.redis``), so tests check the bounds from records.
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 from taskpool import TaskPool
-from taskpool.core import names
 from taskpool.core.settings import Settings
+from tests.apps.runs import timed_run
 
 app = TaskPool(
     "cstate", config=False, settings=Settings.from_env(base={"queue_prefix": "cstate.", "keyspace": "cstate"})
@@ -21,17 +19,7 @@ app = TaskPool(
 
 
 def record(task: Any, key: str, seconds: float, **extra: Any) -> dict[str, Any]:
-    start = time.time()
-    time.sleep(seconds)
-    entry = {
-        "start": start,
-        "end": time.time(),
-        "rate_at": getattr(task.request, names.RATE_AT_KEY, None),
-        "worker": task.request.hostname,
-        **extra,
-    }
-    app.redis.rpush(key, json.dumps(entry))
-    return entry
+    return timed_run(app, task, key, seconds, **extra)
 
 
 @app.task(pool="prefork", limits={"cs:shared": 1}, bind=True)

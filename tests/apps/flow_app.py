@@ -6,13 +6,11 @@ bounds from records.
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
-from taskpool import TaskPool, current_gpus
-from taskpool.core import names
+from taskpool import TaskPool
 from taskpool.core.settings import Settings
+from tests.apps.runs import timed_run
 
 app = TaskPool(
     "flow", config=False, settings=Settings.from_env(base={"queue_prefix": "flow.", "keyspace": "flow"})
@@ -20,19 +18,7 @@ app = TaskPool(
 
 
 def record(task: Any, key: str, seconds: float, **extra: Any) -> dict[str, Any]:
-    start = time.time()
-    time.sleep(seconds)
-    entry = {
-        "start": start,
-        "end": time.time(),
-        "rate_at": getattr(task.request, names.RATE_AT_KEY, None),
-        "retries": task.request.retries,
-        "worker": task.request.hostname,
-        "gpus": current_gpus(),
-        **extra,
-    }
-    app.redis.rpush(key, json.dumps(entry))
-    return entry
+    return timed_run(app, task, key, seconds, **extra)
 
 
 @app.task(pool="threads", limits={"tenant:{tenant_id}": 2}, bind=True)

@@ -128,16 +128,21 @@ local function wanted_ahead(waiter, arrival)
   return ahead
 end
 
--- Queues `waiter` (or keeps its place) wanting `count` slots until now + ttl_ms.
-local function join(waiter, count, arrival, ttl_ms, now)
-  redis.call('ZADD', QUEUE, 'NX', string.format('%.0f', arrival), waiter)
-  redis.call('HSET', WANTS, waiter, count)
-  redis.call('ZADD', DUE, string.format('%.0f', now + ttl_ms), waiter)
+-- The line's keys live at least ttl_ms more (its last waiter's place lapses by then).
+local function keep_line(ttl_ms)
   for _, key in ipairs({QUEUE, WANTS, DUE}) do
     if redis.call('PTTL', key) < ttl_ms then
       redis.call('PEXPIRE', key, ttl_ms)
     end
   end
+end
+
+-- Queues `waiter` (or keeps its place) wanting `count` slots until now + ttl_ms.
+local function join(waiter, count, arrival, ttl_ms, now)
+  redis.call('ZADD', QUEUE, 'NX', string.format('%.0f', arrival), waiter)
+  redis.call('HSET', WANTS, waiter, count)
+  redis.call('ZADD', DUE, string.format('%.0f', now + ttl_ms), waiter)
+  keep_line(ttl_ms)
 end
 
 -- Wakes the waiters at the front of the line whose slots are free now (every waiter wants at

@@ -28,11 +28,7 @@ if mode == 'refresh' then
     end
   end
   if kept > 0 then
-    for _, key in ipairs({QUEUE, WANTS, DUE}) do
-      if redis.call('PTTL', key) < ttl_ms then
-        redis.call('PEXPIRE', key, ttl_ms)
-      end
-    end
+    keep_line(ttl_ms)
   end
   return kept
 end
