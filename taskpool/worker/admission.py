@@ -18,6 +18,7 @@ from taskpool.core.errors import ConfigurationError
 from taskpool.worker import state
 from taskpool.worker.batcher import members_of
 from taskpool.worker.gate import Gate
+from taskpool.worker.reach import state_redis
 from taskpool.worker.strategy import strategy
 
 __all__ = ["AdmissionStep", "refuse", "strategy", "waiting_count_of"]
@@ -111,7 +112,8 @@ class AdmissionStep(bootsteps.StartStopStep):
     def create(self, c: Any) -> None:
         app = c.app
         if needs_gate(app):
-            gate = Gate(app, c, app.redis, app.settings.lease_ttl, on_refused=functools.partial(refuse, app))
+            client = state_redis(app)
+            gate = Gate(app, c, client, app.settings.lease_ttl, on_refused=functools.partial(refuse, app))
             state.set_gate(c, gate)
 
     def start(self, c: Any) -> None:

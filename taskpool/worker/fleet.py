@@ -29,6 +29,7 @@ from celery.worker.control import control_command, ok
 
 from taskpool.stores.fleet import REPORT_TTL, FleetStore
 from taskpool.worker import state
+from taskpool.worker.reach import state_redis
 
 logger = logging.getLogger("taskpool.fleet")
 
@@ -162,7 +163,7 @@ class FleetStep(bootsteps.StartStopStep):
         reporter = state.fleet_of(c)
         if reporter is None:
             app = c.app
-            store = FleetStore(app.redis, app.settings.keyspace)
+            store = FleetStore(state_redis(app), app.settings.keyspace)
             reporter = FleetReporter(c, store, c.hostname, getattr(app, "worker_pool", None))
             state.set_fleet(c, reporter)
         reporter.start()

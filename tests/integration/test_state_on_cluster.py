@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 import redis
 
-from taskpool.ops.embedded import ClusterGroup
+from taskpool.ops.embedded import ClusterGroup, RedisServer, free_cluster_port
+from taskpool.ops.launcher import launch
 from taskpool.stores.dead_letters import DeadLetterStore
 from taskpool.stores.limits import LimitStore
 from taskpool.stores.semaphores import holders_of, semaphore_names
-from tests.conftest import most_at_once, records, taskpool_cli, wait_for, worker_set
+from tests.conftest import ROOT, most_at_once, records, taskpool_cli, wait_for, worker_set
 
 KEYSPACE = "cstate"
 BROKER_DB = 12  # this module's own database of the session's Redis: what the broker holds is seen alone
@@ -192,3 +195,37 @@ def test_an_unreachable_cluster_state_is_one_line_naming_both_urls_password_mask
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
     assert "the state's Redis at redis+cluster://:**@127.0.0.1:1" in " ".join(done.stderr.split())
     assert "TASKPOOL_STATE_URL" in done.stderr
+
+
+def test_a_worker_waits_for_its_state_cluster_to_answer(broker_url: str, tmp_path: Path) -> None:
+    """A Redis Cluster client asks its seed nodes for the layout when it is made: a worker whose
+    state Cluster does not answer yet waits for it (a warning per try), then starts and uses it."""
+    port = free_cluster_port()
+    log = tmp_path / "late.log"
+    env = {**os.environ, "TASKPOOL_STATE_URL": f"redis+cluster://127.0.0.1:{port}"}
+    argv = [sys.executable, "-m", "celery", "-A", "tests.apps.cluster_state_app", "worker", "-P", "threads",
+            "-c", "2", "-n", "late@test", "--without-mingle", "--without-gossip", "-l", "INFO"]  # fmt: skip
+    worker = launch(argv, broker_url=broker_url, env=env, cwd=ROOT, output=log)
+    conf = str(tmp_path / "node" / "nodes.conf")
+    node = RedisServer(
+        tmp_path / "node",
+        port,
+        appendonly=False,
+        extra_args=["--cluster-enabled", "yes", "--cluster-config-file", conf],
+    )
+    try:
+        wait_for(lambda: log.read_text().count("does not answer") >= 2, 60, what="two warnings")
+        assert worker.poll() is None, log.read_text()  # still waiting, not ended
+        node.start()
+        client = redis.Redis(port=port)
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")  # a Cluster of one master
+        wait_for(lambda: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"), 30)
+        wait_for(lambda: "late@test ready." in log.read_text(), 60, what="the worker ready")
+        # Its fleet reports go to the state's Cluster (the node that came late).
+        wait_for(lambda: client.keys(f"{{{KEYSPACE}:fleet}}:worker:late@test"), 30, what="a fleet report")
+        assert "Traceback" not in log.read_text()
+        assert worker.stop() == 0  # a warm shutdown
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        node.stop()
