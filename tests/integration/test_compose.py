@@ -173,6 +173,28 @@ def test_task_events_are_on_unless_turned_off(project: Path) -> None:
     assert off["flower"]["environment"]["TASKPOOL_EVENTS"] == "false"
 
 
+def test_the_state_url_defaults_to_the_broker_and_follows_the_environment(project: Path) -> None:
+    """Every service that names the broker names the state's Redis too: the broker's unless
+    TASKPOOL_STATE_URL is set when compose runs (README "Redis Cluster")."""
+    services = resolved(project)
+    with_broker = [n for n, s in services.items() if "TASKPOOL_BROKER_URL" in (s.get("environment") or {})]
+    assert {"flower", "demo", "worker-gpu"} <= set(with_broker)
+    for name in with_broker:
+        env = services[name]["environment"]
+        assert env["TASKPOOL_STATE_URL"] == env["TASKPOOL_BROKER_URL"], name
+    cluster = "redis+cluster://node1:7000,node2:7000,node3:7000"
+    done = subprocess.run(
+        [str(compose_binary()), *ALL_PROFILES, "config", "--format", "json"],
+        cwd=project, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(project), "TASKPOOL_STATE_URL": cluster},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    apart = json.loads(done.stdout)["services"]
+    for name in with_broker:
+        assert apart[name]["environment"]["TASKPOOL_STATE_URL"] == cluster, name
+        assert apart[name]["environment"]["TASKPOOL_BROKER_URL"] == "redis://redis:6379/0", name
+
+
 def test_monitoring_profile_scrapes_workers_and_flower(project: Path, tmp_path: Path) -> None:
     """Prometheus and Grafana only with --profile monitoring, on the host's loopback, with the
     config files the tests check (promtool, dashboard queries); Flower's password never in a file
