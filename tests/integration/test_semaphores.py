@@ -477,3 +477,20 @@ def test_lease_keeper_grace_for_leases_released_by_another_process(make_sem: Sem
     assert lost == [stolen]
     with_missing_ok = sem.release(released, missing_ok=True)
     assert with_missing_ok is False  # already free, and no warning asked for
+
+
+def test_a_long_line_keeps_its_order_and_wakes_only_its_front(make_sem: SemFactory) -> None:
+    sem = make_sem(capacity=3)
+    held = [sem.acquire("a") for _ in range(3)]
+    for i in range(40):
+        sem.join(f"w{i:02d}|d", 1)
+    assert sem.try_acquire_or_free("newcomer") == 0  # all 3 slots are the line's
+    for lease in held:
+        sem.release(lease)
+    woken = sorted(k.decode().rsplit(":", 1)[1] for k in sem.client.keys(sem.wake_key("*")))
+    assert woken == ["w00", "w01", "w02"]
+    assert sem.try_acquire("newcomer") is None
+    second = sem.attempt("w01", 1, None, "t1", waiter="w01|d")  # second in line, its slot is free
+    assert not isinstance(second, Refusal)
+    assert isinstance(sem.attempt("w03", 1, None, "t3", waiter="w03|d"), Refusal)  # w00, w02 first
+    assert [w for w, _, _ in sem.waiters()][:3] == ["w00|d", "w02|d", "w03|d"]

@@ -54,8 +54,12 @@ if raw then
 end
 
 local held = redis.call('HLEN', HOLDERS)
-local ahead = wanted_ahead(waiter, arrival)
-if held + ahead + count > capacity then
+local room = capacity - held - count -- slots left after this grant, for the waiters before it
+local ahead = 0
+if room >= 0 then
+  ahead = wanted_ahead(waiter, arrival, room)
+end
+if room < 0 or ahead > room then
   if moved then
     wake(capacity)
   end

@@ -108,17 +108,19 @@ local function arrival_of(waiter, arrival, now)
 end
 
 -- Slots wanted by the waiters queued before (arrival, waiter): lower arrival, or the same
--- arrival and a smaller name (the order of the sorted set). arrival nil: every waiter.
-local function wanted_ahead(waiter, arrival)
+-- arrival and a smaller name (the order of the sorted set). arrival nil: every waiter. Reads at
+-- most room + 1 waiters (each wants one slot at least): the answer is exact up to room, and
+-- above room once it exceeds it, which is all a grant needs to know.
+local function wanted_ahead(waiter, arrival, room)
   local ahead = 0
   local upto = '+inf'
   if arrival then
     upto = string.format('%.0f', arrival)
   end
-  local queued = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', upto, 'WITHSCORES')
+  local queued = redis.call('ZRANGEBYSCORE', QUEUE, '-inf', upto, 'WITHSCORES', 'LIMIT', 0, room + 1)
   for i = 1, #queued, 2 do
     local other = queued[i]
-    if other == waiter then
+    if other == waiter or ahead > room then
       break
     end
     if not arrival or tonumber(queued[i + 1]) < arrival or other < waiter then
