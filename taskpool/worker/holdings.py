@@ -205,14 +205,8 @@ class Holdings:
         queues it was in. A place Redis could not forget now expires after :data:`QUEUE_TTL`."""
         with self._lock:
             queued = self._queued.pop(key, None)
-        if queued is None:
-            return
-        waiter = self.waiter(key)
-        for sem in queued.semaphores.values():
-            try:
-                sem.leave([waiter])
-            except redis.RedisError:
-                logger.warning("taskpool: could not leave the queue of %s; the place expires", sem.name)
+        if queued is not None:
+            _leave_lines(self.waiter(key), queued)
 
     def abandon(self, key: str) -> None:
         """Like :meth:`leave`, without a Redis call now (at a connection loss, where Redis may
@@ -227,11 +221,7 @@ class Holdings:
         with self._lock:
             abandoned, self._abandoned = self._abandoned, []
         for waiter, queued in abandoned:
-            for sem in queued.semaphores.values():
-                try:
-                    sem.leave([waiter])
-                except redis.RedisError:
-                    logger.debug("taskpool: could not leave the line of %s; the place lapses", sem.name)
+            _leave_lines(waiter, queued)
 
     def refresh_queued(self) -> None:
         """Keep the places of the waiting deliveries (every third of :data:`QUEUE_TTL`)."""
@@ -278,6 +268,15 @@ class Holdings:
         of the first need's list (the oldest waiter's); releases of the others are seen by the
         waiter's timeout polling (:meth:`Gate._wait_loop <taskpool.worker.gate.Gate._wait_loop>`)."""
         return wake_keys_for(self.client, [self.semaphore(n).wake_key(self.owner) for n in needs])
+
+
+def _leave_lines(waiter: str, queued: Queued) -> None:
+    """``waiter`` gives up its places; one Redis could not forget lapses after :data:`QUEUE_TTL`."""
+    for sem in queued.semaphores.values():
+        try:
+            sem.leave([waiter])
+        except redis.RedisError:
+            logger.warning("taskpool: could not leave the line of %s; the place lapses", sem.name)
 
 
 def wake_keys_for(client: Any, keys: list[str]) -> list[str]:
