@@ -257,10 +257,10 @@ class Gate:
         if wait is None:
             self._dispatch(request)
             return
-        if ahead and wait.kind != RATE and needs:
-            self._join(request, needs)
         if self._offer_at_receipt(request, needs):
             return
+        if ahead and wait.kind != RATE and needs:
+            self._join(request, needs)  # it waits here: in line at once (not if handed back)
         self._look_again_at(wait)
         with self._lock:
             self._waiting.append(_Waiting(request, needs, rates, wait))
