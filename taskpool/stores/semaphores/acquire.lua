@@ -39,17 +39,23 @@ else
   arrival = nil -- out of line: after every queued waiter
 end
 
+-- After a grant: the keys' idle expiry, the caller out of line (unless it leaves itself), and a
+-- wake-up for the next in line if slots remain.
+local function granted()
+  expire_when_idle()
+  if waiter ~= '' and leave_on_grant then
+    leave(waiter)
+  end
+  wake(capacity)
+end
+
 -- The same token again (a client retrying after a lost reply): extend and return the grant.
 local raw = redis.call('HGET', INFO, token)
 if raw then
   local info = cjson.decode(raw)
   local expires_at_ms = now + ttl_ms
   redis.call('ZADD', LEASES, expires_at_ms, token)
-  expire_when_idle()
-  if waiter ~= '' and leave_on_grant then
-    leave(waiter)
-  end
-  wake(capacity)
+  granted()
   return {1, info.slots, info.fence, expires_at_ms}
 end
 
@@ -104,9 +110,5 @@ redis.call('ZADD', LEASES, expires_at_ms, token)
 redis.call('HSET', INFO, token, cjson.encode({
   slots = slots, owner = owner, task_id = task_id, since_ms = now, fence = fence,
 }))
-expire_when_idle()
-if waiter ~= '' and leave_on_grant then
-  leave(waiter)
-end
-wake(capacity) -- slots may remain for the next in line
+granted()
 return {1, slots, fence, expires_at_ms}

@@ -73,11 +73,11 @@ end
 -- oldest request of all is first in line everywhere it waits (no two requests can block each
 -- other). A waiter's place lasts until its due time; its worker refreshes it while it waits.
 
--- Forgets `waiter`'s place.
+-- Forgets `waiter`'s place; 1 if it had one, else 0.
 local function leave(waiter)
-  redis.call('ZREM', QUEUE, waiter)
   redis.call('HDEL', WANTS, waiter)
   redis.call('ZREM', DUE, waiter)
+  return redis.call('ZREM', QUEUE, waiter)
 end
 
 -- Forgets the places of waiters whose worker stopped refreshing them; true if there were any.

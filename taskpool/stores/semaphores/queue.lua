@@ -34,8 +34,7 @@ if mode == 'refresh' then
 end
 local gone = 0
 for i = 3, #ARGV do
-  gone = gone + redis.call('ZREM', QUEUE, ARGV[i])
-  leave(ARGV[i])
+  gone = gone + leave(ARGV[i])
 end
 if gone > 0 then
   wake(tonumber(ARGV[2]))

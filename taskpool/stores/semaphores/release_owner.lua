@@ -12,24 +12,22 @@
 -- places too.
 
 local owner, match, capacity = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function owned(who)
+  if match == 'prefix' then
+    return string.sub(who, 1, #owner) == owner
+  end
+  return who == owner
+end
 local entries = redis.call('HGETALL', INFO)
 local freed = 0
 for i = 1, #entries, 2 do
-  local holder = cjson.decode(entries[i + 1]).owner
-  local hit
-  if match == 'prefix' then
-    hit = string.sub(holder, 1, #owner) == owner
-  else
-    hit = holder == owner
-  end
-  if hit then
+  if owned(cjson.decode(entries[i + 1]).owner) then
     freed = freed + free_lease(entries[i])
   end
 end
 for _, waiter in ipairs(redis.call('ZRANGE', QUEUE, 0, -1)) do
-  local who = string.match(waiter, '^(.-)|') or waiter
-  local exact = who == owner or string.sub(who, 1, #owner + 1) == owner .. '/'
-  if (match == 'prefix' and string.sub(who, 1, #owner) == owner) or exact then
+  local who = string.match(waiter, '^(.-)|') or waiter -- a blocking acquire's group: owner/token
+  if owned(who) or string.sub(who, 1, #owner + 1) == owner .. '/' then
     leave(waiter)
   end
 end
