@@ -34,6 +34,8 @@ from taskpool.core.sentinel import (
 )
 
 ENV_PREFIX = "TASKPOOL_"
+#: URLs of a Redis taskpool can use as its broker, or for its state (which also takes a Cluster).
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://", "sentinel://")
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CONFIG_MODULE = "config.celery"
 POOLS = ("prefork", "threads", "gevent")
@@ -135,7 +137,7 @@ class Settings:
                 f"does not support it), got {mask_url(self.broker_url)!r}; keep the broker on one Redis "
                 "(or Sentinel) and put taskpool's state on the Cluster with TASKPOOL_STATE_URL"
             )
-        if not self.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+        if not self.broker_url.startswith(REDIS_URL_PREFIXES):
             raise ConfigurationError(
                 f"setting broker_url: taskpool needs a Redis broker (redis://, rediss://, unix:// or "
                 f"sentinel://), got {mask_url(self.broker_url)!r}"
@@ -188,7 +190,7 @@ class Settings:
                 parse_cluster_url(url)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{where}: {exc}") from None
-        elif not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+        elif not url.startswith(REDIS_URL_PREFIXES):
             raise ConfigurationError(
                 f"{where}: expected a Redis URL: redis://, rediss://, unix://, sentinel:// or a Redis "
                 "Cluster's redis+cluster://host:port[,host2:port2...] (rediss+cluster:// with TLS)"

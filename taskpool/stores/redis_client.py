@@ -40,11 +40,7 @@ def redis_client(url: str, transport_options: Mapping[str, Any] | None = None, *
     """
     if is_cluster_url(url):
         cluster = parse_cluster_url(url)
-        connection = dict(kwargs)
-        if cluster.password is not None:
-            connection.setdefault("password", cluster.password)
-        if cluster.username is not None:
-            connection.setdefault("username", cluster.username)
+        connection = _with_auth(kwargs, cluster.username, cluster.password)
         if cluster.ssl:
             connection.setdefault("ssl", True)
         nodes = [ClusterNode(host, port) for host, port in cluster.nodes]
@@ -59,12 +55,8 @@ def redis_client(url: str, transport_options: Mapping[str, Any] | None = None, *
             "(or master_name in broker_transport_options)"
         )
     target = parse_sentinel_url(url)
-    connection = dict(kwargs)
+    connection = _with_auth(kwargs, target.username, target.password)
     connection.setdefault("db", target.db)
-    if target.password is not None:
-        connection.setdefault("password", target.password)
-    if target.username is not None:
-        connection.setdefault("username", target.username)
     sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
     for key in ("socket_timeout", "socket_connect_timeout"):
         if key in kwargs:
@@ -75,3 +67,13 @@ def redis_client(url: str, transport_options: Mapping[str, Any] | None = None, *
         sentinel_kwargs=sentinel_kwargs,
     )
     return sentinel.master_for(str(master_name), redis_class=redis.Redis, **connection)
+
+
+def _with_auth(kwargs: Mapping[str, Any], username: str | None, password: str | None) -> dict[str, Any]:
+    """Connection keyword arguments: ``kwargs``, plus the URL's AUTH user and password unless given."""
+    connection = dict(kwargs)
+    if password is not None:
+        connection.setdefault("password", password)
+    if username is not None:
+        connection.setdefault("username", username)
+    return connection

@@ -230,8 +230,7 @@ class Semaphore:
 
     def try_acquire(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | None:
         """Take ``count`` slots at once if they are free now (one round trip), else ``None``."""
-        self._check_count(count)
-        result = self.attempt(owner, count, task_id, uuid.uuid4().hex)
+        result = self.try_acquire_or_free(owner, count, task_id)
         return result if isinstance(result, Lease) else None
 
     def try_acquire_or_free(self, owner: str, count: int = 1, task_id: str | None = None) -> Lease | int:
