@@ -10,10 +10,13 @@ update. This module imports nothing of taskpool, and nothing of Celery's worker 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import _state as celery_state
+
+logger = logging.getLogger("taskpool")
 
 # == client and consumer internals: current_task, the Redis result consumer, the task handler ==
 
@@ -109,6 +112,36 @@ def wrap_task_handler(consumer: Any, wrap: Callable[[Callable[[Any], Any]], Call
 
     create_task_handler.taskpool_wrapped = True  # type: ignore[attr-defined]
     consumer.create_task_handler = create_task_handler
+    return True
+
+
+def before_connection_loss(consumer: Any, mark: str, callback: Callable[[], None], what: str) -> bool:
+    """Run ``callback()`` first whenever the worker's consumer handles the loss of a broker
+    connection it had made, before Celery's own handling (``on_close`` then drops the requests it
+    holds). Once per ``mark``: asked again for the same mark, nothing changes. An exception from
+    ``callback`` is logged (``taskpool: <what>``) and Celery's handling goes on.
+
+    Internal: ``Consumer.start`` (celery/worker/consumer/consumer.py, Celery 5.7.0) calls
+    ``self.on_connection_error_after_connected(exc)`` on a connection error while connected, then
+    ``on_close()``; it is replaced on the instance by one calling ``callback`` first.
+
+    Returns:
+        False when the consumer has no ``on_connection_error_after_connected`` or ``mark`` is on it.
+    """
+    original = getattr(consumer, "on_connection_error_after_connected", None)
+    marks: frozenset[str] = getattr(original, "taskpool_marks", frozenset())
+    if original is None or mark in marks:
+        return False
+
+    def on_connection_error_after_connected(exc: BaseException) -> Any:
+        try:
+            callback()
+        except Exception:  # never make a connection loss worse
+            logger.exception("taskpool: %s", what)
+        return original(exc)
+
+    on_connection_error_after_connected.taskpool_marks = marks | {mark}  # type: ignore[attr-defined]
+    consumer.on_connection_error_after_connected = on_connection_error_after_connected
     return True
 
 

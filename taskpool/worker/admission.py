@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from taskpool.compat.celery import before_connection_loss
 from taskpool.compat.kombu import close_task_channel, restore_messages
 from taskpool.core.errors import ConfigurationError
 from taskpool.worker import state
@@ -96,18 +97,12 @@ class AdmissionStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         state.set_gate(parent, None)
         self._to_restore: list[str] = []  # delivery tags of requests dropped at a connection loss
-        original = getattr(parent, "on_connection_error_after_connected", None)
-        if original is not None and not getattr(original, "taskpool_wrapped", False):
-
-            def on_connection_error_after_connected(exc: BaseException) -> Any:
-                try:
-                    close_task_channel(parent)
-                except Exception:  # never make a connection loss worse
-                    logger.exception("taskpool: could not close the task channel after a connection loss")
-                return original(exc)
-
-            on_connection_error_after_connected.taskpool_wrapped = True  # type: ignore[attr-defined]
-            parent.on_connection_error_after_connected = on_connection_error_after_connected
+        before_connection_loss(
+            parent,
+            "admission",
+            lambda: close_task_channel(parent),
+            "could not close the task channel after a connection loss",
+        )
 
     def create(self, c: Any) -> None:
         app = c.app

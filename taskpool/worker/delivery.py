@@ -29,7 +29,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from taskpool.compat.celery import requests_in_pool
+from taskpool.compat.celery import before_connection_loss, requests_in_pool
 from taskpool.compat.kombu import install_qos_hooks, restore_held, unacked_keys
 from taskpool.core.names import queue_keyprefix
 from taskpool.stores.deliveries import DeliveryLeases
@@ -41,8 +41,6 @@ logger = logging.getLogger("taskpool.delivery")
 
 #: Seconds between retries while Redis cannot be reached (well within any ttl).
 RETRY_EVERY = 1.0
-#: Marks the consumer's ``on_connection_error_after_connected`` once wrapped by :class:`DeliveryStep`.
-WRAPPED = "taskpool_deliveries_wrapped"
 #: Tags one sweep claims at most (the next sweep takes the rest).
 CLAIM_LIMIT = 500
 
@@ -244,18 +242,12 @@ class DeliveryStep(bootsteps.StartStopStep):
         state.set_deliveries(parent, None)
         #: Delivery tags to put back on their queues at the next reconnect (see connection_lost).
         self._to_restore: list[str] = []
-        original = getattr(parent, "on_connection_error_after_connected", None)
-        if original is not None and not getattr(original, WRAPPED, False):
-
-            def on_connection_error_after_connected(exc: BaseException) -> Any:
-                try:
-                    self.connection_lost(parent)
-                except Exception:  # never make a connection loss worse
-                    logger.exception("taskpool: delivery leases: could not list held messages")
-                return original(exc)
-
-            setattr(on_connection_error_after_connected, WRAPPED, True)
-            parent.on_connection_error_after_connected = on_connection_error_after_connected
+        before_connection_loss(
+            parent,
+            "deliveries",
+            lambda: self.connection_lost(parent),
+            "delivery leases: could not list held messages",
+        )
 
     def connection_lost(self, c: Any) -> None:
         """At a connection loss, before Celery's ``on_close`` forgets the requests it holds (ETA and

@@ -540,3 +540,31 @@ def test_every_compat_function_has_a_check() -> None:
         and not re.search(rf"\b{name}\b", text)
     ]
     assert not missing, f"no check of the internal behind: {missing}"
+
+
+def test_before_connection_loss() -> None:
+    """Celery's consumer calls ``on_connection_error_after_connected`` on a connection loss while
+    connected, before ``on_close`` drops the requests it holds; taskpool runs its steps' callbacks
+    first, once per mark, and a failing one does not stop Celery's handling."""
+    fn = "celery.before_connection_loss"
+    from celery.worker.consumer.consumer import Consumer as CeleryConsumer
+
+    source = inspect.getsource(CeleryConsumer.start)
+    call = source.find("self.on_connection_error_after_connected(exc)")
+    assert call != -1 and source.find("self.on_close()", call) > call, update(fn)
+    assert callable(getattr(CeleryConsumer, "on_connection_error_after_connected", None)), update(fn)
+
+    calls: list[str] = []
+    consumer = SimpleNamespace(on_connection_error_after_connected=lambda exc: calls.append(f"celery {exc}"))
+
+    def failing() -> None:
+        calls.append("b")
+        raise RuntimeError("b failed")
+
+    assert compat_celery.before_connection_loss(consumer, "a", lambda: calls.append("a"), "a failed")
+    assert not compat_celery.before_connection_loss(consumer, "a", lambda: calls.append("again"), "")
+    assert compat_celery.before_connection_loss(consumer, "b", failing, "b failed")
+    assert not compat_celery.before_connection_loss(consumer, "a", lambda: calls.append("again"), "")
+    consumer.on_connection_error_after_connected("lost")
+    assert calls == ["b", "a", "celery lost"]
+    assert not compat_celery.before_connection_loss(SimpleNamespace(), "a", lambda: None, "")
