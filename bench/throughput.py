@@ -154,6 +154,8 @@ class Worker:
 
 def run_calls(mod: Any, task_name: str, n: int, timeout: float) -> float:
     """Seconds from the first send to the last result."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
     start = time.perf_counter()
     if task_name.startswith("pipeline"):
         suffix = "_gated" if task_name.endswith("_gated") else ""
@@ -164,8 +166,28 @@ def run_calls(mod: Any, task_name: str, n: int, timeout: float) -> float:
         results = [task.delay() for _ in range(n)]
     deadline = time.monotonic() + timeout
     for result in results:
-        result.get(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            result.get(timeout=max(0.1, deadline - time.monotonic()))
+        except ResultTimeout as exc:
+            raise TimeoutError(f"{task_name}: {exc}\n{unfinished(mod.app, results)}") from exc
     return time.perf_counter() - start
+
+
+def unfinished(app: Any, results: list[Any]) -> str:
+    """Where each unfinished call stands, as its result backend stored it (a chain: each step),
+    to tell a task that never ran from a result its caller never heard of."""
+    lines = []
+    for result in results:
+        steps = []
+        node = result
+        while node is not None:
+            steps.append(node)
+            node = node.parent
+        states = [app.backend.get_task_meta(step.id).get("status") for step in reversed(steps)]
+        heard = result._cache is not None  # the caller's result consumer got it
+        if states[-1] not in ("SUCCESS", "FAILURE") or not heard:
+            lines.append(f"  {result.id}: stored {' -> '.join(states)}; heard by the caller: {heard}")
+    return f"{len(lines)} of {len(results)} calls unfinished:\n" + "\n".join(lines[:20])
 
 
 def run_group(

@@ -83,6 +83,12 @@ def taskpool_cli(
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
+#: Workers started and not stopped yet: a failed test's report shows the end of their logs.
+RUNNING: list[Worker] = []
+#: Lines of each running worker's log a failed test's report shows.
+LOG_TAIL_LINES = 25
+
+
 class Worker:
     """A real `celery worker` subprocess of the test app."""
 
@@ -120,6 +126,7 @@ class Worker:
         self.process = launch(
             self.cmd, broker_url=self.env["TASKPOOL_BROKER_URL"], env=self.env, cwd=ROOT, output=output
         )
+        RUNNING.append(self)
         return self
 
     def start(self, app: object, timeout: float = 30.0) -> Worker:
@@ -154,6 +161,22 @@ class Worker:
         proc, self.process = self.process, None
         if proc is not None:
             proc.stop(timeout)
+        if self in RUNNING:
+            RUNNING.remove(self)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with what its running workers logged last (in CI, the only
+    trace of what a worker was doing when a test timed out)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for worker in RUNNING:
+            report.sections.append((f"worker {worker.hostname}: last lines of its log", worker.log_tail()))
 
 
 class WorkerSet:
